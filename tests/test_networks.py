@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from vae_lightning.errors import ConfigError
+from vae_lightning.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+
+
+@pytest.mark.parametrize(
+    "encoder, decoder",
+    [
+        (
+            MLPEncoder((1, 28, 28), 8, hidden_dims=(64, 32)),
+            MLPDecoder((1, 28, 28), 8, 1, hidden_dims=(32, 64)),
+        ),
+        (ConvEncoder((1, 28, 28), 8, channels=(4, 8)), ConvDecoder((1, 28, 28), 8, 1, channels=(8, 4))),
+    ],
+)
+def test_mnist_shapes(encoder, decoder):
+    x = torch.rand(5, 1, 28, 28)
+    assert encoder(x).shape == (5, 16)  # μ ‖ log σ²
+    assert decoder(torch.randn(5, 8)).shape == (5, 1, 28, 28)
+
+
+def test_conv_64x64_rgb_from_config_sizes_only():
+    enc = ConvEncoder((3, 64, 64), 16, channels=(4, 8, 8, 16))
+    dec = ConvDecoder((3, 64, 64), 16, 6, channels=(16, 8, 8, 4))  # 2 params per channel
+    assert enc(torch.rand(2, 3, 64, 64)).shape == (2, 32)
+    assert dec(torch.randn(2, 16)).shape == (2, 6, 64, 64)
+
+
+def test_wrong_input_shape_says_what_was_expected():
+    enc = MLPEncoder((1, 28, 28), 8)
+    with pytest.raises(ValueError, match=r"expected input of shape \(B, 1, 28, 28\), got \(2, 3, 32, 32\)"):
+        enc(torch.rand(2, 3, 32, 32))
+    dec = ConvDecoder((1, 28, 28), 8, 1)
+    with pytest.raises(ValueError, match=r"\(B, 8\), got \(2, 4\)"):
+        dec(torch.randn(2, 4))
+
+
+def test_conv_rejects_size_that_does_not_halve():
+    with pytest.raises(ConfigError, match="divisible by 8, got 28"):
+        ConvEncoder((1, 28, 28), 8, channels=(4, 8, 16))
