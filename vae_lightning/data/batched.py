@@ -1,0 +1,111 @@
+"""In-memory image datasets indexed a whole batch at a time, and the DataModule base
+class that turns their uint8 batches into model inputs on the device.
+
+The DataLoader's sampler still yields indices (so shuffling, seeding and Lightning's
+distributed sampler work unchanged), but ``__getitems__`` gathers the batch with one
+tensor index instead of a Python call, a PIL image and a ``stack`` per sample.
+"""
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vae_lightning.errors import ConfigError
+
+
+class BatchIndexedDataset(Dataset):
+    """uint8 images ``(N, C, H, W)`` and integer labels ``(N,)`` held in memory."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
+            raise ValueError(f"expected uint8 (N, C, H, W) images and N labels, got {images.shape}")
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return self.images[idx], self.labels[idx]  # (B, C, H, W) uint8, (B,)
+
+
+def keep_batch(batch: Any) -> Any:
+    """``collate_fn`` for datasets that already return whole batches."""
+    return batch
+
+
+def binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """A fixed Bernoulli draw of uint8 grey images, returned as uint8 0/255."""
+    generator = torch.Generator().manual_seed(seed)
+    probs = images.float().div_(255)
+    return (torch.rand(probs.shape, generator=generator) < probs).to(torch.uint8).mul_(255)
+
+
+class BatchedImageDataModule(L.LightningDataModule):
+    """Base class: subclasses fill ``self.splits`` with ``BatchIndexedDataset``s in ``setup``.
+
+    Batches travel as uint8 and become floats in [0, 1] after the transfer to the device.
+    With ``binarize``, training batches get a fresh Bernoulli draw every step (dynamic
+    binarisation); validation and test sets are binarised once, with a fixed seed, in
+    ``setup`` so that their metrics are deterministic.
+    """
+
+    image_shape: tuple[int, int, int]  # (C, H, W), set by subclasses
+
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, binarize: bool = True,
+                 eval_batch_size: int | None = None, pin_memory: bool = False):
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.binarize = binarize
+        self.pin_memory = pin_memory
+        self.splits: dict[str, BatchIndexedDataset] = {}
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """Range of the pixel values the model receives."""
+        return (0.0, 1.0)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if split not in self.splits:
+            raise RuntimeError(f"the {split} split is not set up; call setup() first")
+        return DataLoader(
+            self.splits[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=keep_batch,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def preprocess(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """uint8 ``(B, C, H, W)`` -> float in [0, 1]; dynamic binarisation when ``train``."""
+        x = images.float().div_(255)
+        if train and self.binarize:
+            x = torch.bernoulli(x)
+        return x
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.preprocess(images, train=training), labels
