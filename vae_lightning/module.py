@@ -74,7 +74,7 @@ class VAE(L.LightningModule):
         beta: float = 1.0,
         optimizer: Mapping[str, Any] | None = None,
         eval_iw_samples: int = 1000,
-        iw_max_images: int = 8192,
+        iw_max_images: int = 2048,
     ):
         super().__init__()
         if latent_dim < 1:

@@ -1,0 +1,111 @@
+"""Real training runs composed from conf/train.yaml, on tiny synthetic MNIST files."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF_DIR, REPO
+
+from vae_lightning import VAE
+from vae_lightning.training import train
+
+KEYS = {"val/nelbo", "test/nelbo", "test/recon", "test/kl", "test/nll", "test/loss"}
+
+
+def val_curve(run: Path) -> list[float]:
+    rows = csv.DictReader(open(run / "csv" / "metrics.csv"))
+    return [float(r["val/nelbo"]) for r in rows if r.get("val/nelbo")]
+
+
+def test_train_writes_run_dir_and_metrics(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.max_epochs=3")
+    value = train(cfg)
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    best = [p for p in (run / "checkpoints").glob("epoch_*.ckpt")]
+    assert len(best) == 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert KEYS <= metrics.keys()
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert value == metrics["val/nelbo"] == min(val_curve(run))
+    assert metrics["test/nelbo"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"], rel=1e-5)
+    assert metrics["test/nll"] <= metrics["test/nelbo"]
+    curve = val_curve(run)
+    assert len(curve) == 3 and curve[-1] < curve[0] < 543.5 + 1  # 784·ln 2 = 543.4 at random init
+
+
+def test_checkpoint_loads_on_cpu_and_samples(make_cfg, tmp_path):
+    train(make_cfg("trainer.max_epochs=1", "test=false"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    model = VAE.load_from_checkpoint(ckpt, map_location="cpu")  # nothing else needed
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)  # plain types only
+    assert raw["hyper_parameters"]["latent_dim"] == 32
+    imgs = model.sample(5, generator=torch.Generator().manual_seed(0))
+    assert imgs.shape == (5, 1, 28, 28) and 0 <= imgs.min() and imgs.max() <= 1
+    assert imgs.std() > 0
+
+
+def test_conv_vae_trains(make_cfg, tmp_path):
+    train(make_cfg("model=conv_vae", "trainer.max_epochs=1"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert KEYS <= metrics.keys() and all(math.isfinite(v) for v in metrics.values())
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs(make_cfg, tmp_path, experiment):
+    cfg = make_cfg(f"experiment={experiment}", "debug=fdr")
+    train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert math.isfinite(metrics["test/nll"])
+
+
+def run_train(*overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_cli_missing_data_is_one_message_without_traceback(tmp_path):
+    proc = run_train(
+        f"paths.data_dir={tmp_path / 'empty'}",
+        "data.download=false",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        "trainer.accelerator=cpu",
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "error: MNIST was not found in" in proc.stderr
+    assert "data.download=true" in proc.stderr and "VAE_DATA_DIR" in proc.stderr
+
+
+def test_cli_trains_and_bad_value_lists_valid_names(tiny_mnist, tmp_path):
+    common = [
+        f"paths.data_dir={tiny_mnist}",
+        "data.val_size=64",
+        "data.batch_size=32",
+        "model.eval_iw_samples=4",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    proc = run_train(*common)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "run"
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "metrics.json").is_file()
+    bad = run_train(*common[:-1], f"hydra.run.dir={tmp_path / 'bad'}", "model.likelihood=bernouli")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "unknown model.likelihood='bernouli'; valid: bernoulli" in bad.stderr

@@ -1,0 +1,23 @@
+"""Train a VAE: ``python train.py [overrides]`` (``-m`` for a multirun sweep).
+
+Examples:
+    python train.py                                   # MLP VAE on MNIST
+    python train.py model=conv_vae trainer.max_epochs=20
+    python train.py -m model.latent_dim=2,8,32
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from vae_lightning.errors import report_user_errors
+from vae_lightning.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with report_user_errors():
+        return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
