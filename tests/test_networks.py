@@ -12,7 +12,7 @@ from vae_lightning.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEnco
             MLPEncoder((1, 28, 28), 8, hidden_dims=(64, 32)),
             MLPDecoder((1, 28, 28), 8, 1, hidden_dims=(32, 64)),
         ),
-        (ConvEncoder((1, 28, 28), 8, channels=(4, 8)), ConvDecoder((1, 28, 28), 8, 1, channels=(8, 4))),
+        (ConvEncoder((1, 28, 28), 8, channels=(4, 8)), ConvDecoder((1, 28, 28), 8, 1, channels=(4, 8))),
     ],
 )
 def test_mnist_shapes(encoder, decoder):
@@ -21,11 +21,15 @@ def test_mnist_shapes(encoder, decoder):
     assert decoder(torch.randn(5, 8)).shape == (5, 1, 28, 28)
 
 
-def test_conv_64x64_rgb_from_config_sizes_only():
-    enc = ConvEncoder((3, 64, 64), 16, channels=(4, 8, 8, 16))
-    dec = ConvDecoder((3, 64, 64), 16, 6, channels=(16, 8, 8, 4))  # 2 params per channel
-    assert enc(torch.rand(2, 3, 64, 64)).shape == (2, 32)
-    assert dec(torch.randn(2, 16)).shape == (2, 6, 64, 64)
+@pytest.mark.parametrize("size, levels", [(28, 2), (32, 3), (64, 4), (128, 5)])
+def test_conv_depth_follows_the_image_size(size, levels):
+    """One channel list serves every size: 28 -> 7x7 after 2 levels, 64 -> 4x4 after 4."""
+    channels = (4, 8, 8, 16, 16)
+    enc = ConvEncoder((3, size, size), 16, channels=channels)
+    dec = ConvDecoder((3, size, size), 16, 6, channels=channels)  # 2 params per channel
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in enc.modules()) == levels
+    assert enc(torch.rand(2, 3, size, size)).shape == (2, 32)
+    assert dec(torch.randn(2, 16)).shape == (2, 6, size, size)
 
 
 def test_wrong_input_shape_says_what_was_expected():
@@ -38,5 +42,7 @@ def test_wrong_input_shape_says_what_was_expected():
 
 
 def test_conv_rejects_size_that_does_not_halve():
-    with pytest.raises(ConfigError, match="divisible by 8, got 28"):
-        ConvEncoder((1, 28, 28), 8, channels=(4, 8, 16))
+    with pytest.raises(ConfigError, match="cannot halve a 27x27 image"):
+        ConvEncoder((1, 27, 27), 8, channels=(4, 8, 16))
+    with pytest.raises(ConfigError, match="square images"):
+        ConvDecoder((1, 28, 32), 8, 1)

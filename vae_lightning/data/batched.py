@@ -57,8 +57,17 @@ class BatchedImageDataModule(L.LightningDataModule):
 
     image_shape: tuple[int, int, int]  # (C, H, W), set by subclasses
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, binarize: bool = True,
-                 eval_batch_size: int | None = None, pin_memory: bool = False):
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        binarize: bool = True,
+        eval_batch_size: int | None = None,
+        pin_memory: bool = False,
+        likelihood: str | None = None,
+    ):
+        """``likelihood`` names the p(x|z) family these pixels call for (binary: bernoulli,
+        8-bit: logistic); model configs read it as their default ``model.likelihood``."""
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -69,6 +78,7 @@ class BatchedImageDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.binarize = binarize
         self.pin_memory = pin_memory
+        self.likelihood = likelihood
         self.splits: dict[str, BatchIndexedDataset] = {}
 
     @property

@@ -25,15 +25,27 @@ class MNISTDataModule(BatchedImageDataModule):
     dataset_cls = datasets.MNIST
     image_shape = (1, 28, 28)
 
-    def __init__(self, data_dir: str, batch_size: int = 128, num_workers: int = 0,
-                 download: bool = False, binarize: bool = True, val_size: int = 5000,
-                 split_seed: int = 0, channels: int = 1, image_size: int = 28,
-                 eval_batch_size: int | None = None, pin_memory: bool = False):
-        super().__init__(batch_size, num_workers, binarize, eval_batch_size, pin_memory)
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        download: bool = False,
+        binarize: bool = True,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        channels: int = 1,
+        image_size: int = 28,
+        eval_batch_size: int | None = None,
+        pin_memory: bool = False,
+        likelihood: str | None = "bernoulli",
+    ):
+        super().__init__(batch_size, num_workers, binarize, eval_batch_size, pin_memory, likelihood)
         name = self.dataset_cls.__name__
         if (channels, image_size, image_size) != self.image_shape:
-            raise ConfigError(f"{name} images are 1x28x28; got data.channels={channels}, "
-                              f"data.image_size={image_size}")
+            raise ConfigError(
+                f"{name} images are 1x28x28; got data.channels={channels}, data.image_size={image_size}"
+            )
         if val_size < 1:
             raise ConfigError(f"data.val_size must be >= 1, got {val_size}")
         self.data_dir = Path(data_dir).expanduser()
@@ -77,26 +89,35 @@ class MNISTDataModule(BatchedImageDataModule):
         except (AssertionError, ValueError, TypeError, KeyError, OSError) as err:
             raise DataError(self._corrupt_message(err)) from err
         if len(ds.data) != len(ds.targets) or ds.data.shape[1:] != (28, 28):
-            raise DataError(self._corrupt_message(f"{len(ds.data)} images of shape "
-                                                  f"{tuple(ds.data.shape[1:])}, {len(ds.targets)} labels"))
+            raise DataError(
+                self._corrupt_message(
+                    f"{len(ds.data)} images of shape {tuple(ds.data.shape[1:])}, {len(ds.targets)} labels"
+                )
+            )
         return ds.data.unsqueeze(1), ds.targets
 
     def _corrupt_message(self, err: object) -> str:
-        return (f"{self.dataset_cls.__name__} files in {self.raw_dir} could not be read ({err or 'corrupt'}).\n"
-                "  fix: delete them and run again with data.download=true, or copy intact files there.")
+        return (
+            f"{self.dataset_cls.__name__} files in {self.raw_dir} could not be read ({err or 'corrupt'}).\n"
+            "  fix: delete them and run again with data.download=true, or copy intact files there."
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         images, labels = self._load(train=True)
         if self.val_size >= len(images):
-            raise ConfigError(f"data.val_size={self.val_size} leaves no training images "
-                              f"({len(images)} in the training file)")
+            raise ConfigError(
+                f"data.val_size={self.val_size} leaves no training images "
+                f"({len(images)} in the training file)"
+            )
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
-        train_idx, val_idx = order[self.val_size:], order[: self.val_size]
+        train_idx, val_idx = order[self.val_size :], order[: self.val_size]
         if self.batch_size > len(train_idx):
-            raise ConfigError(f"data.batch_size={self.batch_size} is larger than the training set "
-                              f"({len(train_idx)} images); lower data.batch_size")
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is larger than the training set "
+                f"({len(train_idx)} images); lower data.batch_size"
+            )
         test_images, test_labels = self._load(train=False)
         val_images = images[val_idx]
         if self.binarize:  # fixed draws: deterministic validation and test metrics
