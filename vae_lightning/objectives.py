@@ -1,9 +1,11 @@
 """Training objectives: small configured callables that turn per-image terms into a loss.
 
-All terms are nats per image, shape ``(B,)``; the batch mean is taken by the caller.
-Whatever the objective optimises, the module also reports the true −ELBO
-(``recon + kl`` with β = 1), so runs with different objectives stay comparable.
+Terms are nats per image. Whatever the objective optimises (β, warm-up, free bits,
+IWAE), the module also reports the true −ELBO (``recon + kl`` with β = 1), so runs with
+different objectives stay comparable.
 """
+
+import math
 
 import torch
 
@@ -18,20 +20,70 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
-class ELBO:
-    """β-weighted negative ELBO per image: −log p(x|z) + β · KL(q(z|x) ‖ p(z)).
+def log_importance_weights(model, x: torch.Tensor, q, num_samples: int, reparameterize: bool):
+    """log p(x|zᵢ) + log p(zᵢ) − log q(zᵢ|x) for zᵢ ~ q(z|x): ``(num_samples, B)``, and the
+    log p(x|zᵢ) term alone. ``model`` offers ``decode`` and ``prior`` (the VAE's API)."""
+    z = q.rsample((num_samples,)) if reparameterize else q.sample((num_samples,))  # (k, B, D)
+    px = model.decode(z.flatten(0, 1))  # batch (k * B,)
+    log_px = px.log_prob(x.expand(num_samples, *x.shape).flatten(0, 1)).view(num_samples, len(x))
+    return log_px + model.prior().log_prob(z) - q.log_prob(z), log_px
 
-    β = 1 is the evidence lower bound of Kingma & Welling (2014); β > 1 is the β-VAE of
-    Higgins et al. (2017), which trades reconstruction for a more factorised posterior.
+
+class Objective:
+    """The training loss, averaged over the batch (nats per image).
+
+    - ``beta``: weight of the KL term (β-VAE, Higgins et al., 2017); β = 1 is the ELBO.
+    - ``kl_warmup_steps``: β ramps linearly from 0 to ``beta`` over this many steps
+      (Bowman et al., 2016; Sønderby et al., 2016).
+    - ``free_bits``: λ, a floor on the KL of each latent dimension averaged over the
+      batch, Σ_d max(λ, mean_batch KL_d) (Kingma et al., 2016).
+    - ``iw_samples``: k > 1 trains the importance-weighted bound (IWAE, Burda et al.,
+      2016), which has no β, warm-up or free bits.
     """
 
-    def __init__(self, beta: float = 1.0):
-        if not beta >= 0:
-            raise ConfigError(f"model.beta must be >= 0, got {beta}")
-        self.beta = float(beta)
+    def __init__(
+        self, beta: float = 1.0, kl_warmup_steps: int = 0, free_bits: float = 0.0, iw_samples: int = 1
+    ):
+        checks = {
+            "beta": (beta, beta >= 0, ">= 0"),
+            "kl_warmup_steps": (kl_warmup_steps, kl_warmup_steps >= 0, ">= 0"),
+            "free_bits": (free_bits, free_bits >= 0, ">= 0"),
+            "iw_samples": (iw_samples, iw_samples >= 1, ">= 1"),
+        }
+        for key, (value, ok, rule) in checks.items():
+            if not ok:
+                raise ConfigError(f"model.{key} must be {rule}, got {value}")
+        if iw_samples > 1 and (beta != 1 or kl_warmup_steps or free_bits):
+            raise ConfigError(
+                f"model.iw_samples={iw_samples} trains the IWAE bound, which has no β, KL warm-up or "
+                "free bits: set model.beta=1 model.kl_warmup_steps=0 model.free_bits=0, or iw_samples=1"
+            )
+        self.beta, self.kl_warmup_steps = float(beta), int(kl_warmup_steps)
+        self.free_bits, self.iw_samples = float(free_bits), int(iw_samples)
 
-    def __call__(self, recon: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
-        return recon + self.beta * kl
+    def beta_at(self, step: int) -> float:
+        """β after ``step`` optimiser steps (the warm-up ramp)."""
+        if self.kl_warmup_steps == 0:
+            return self.beta
+        return self.beta * min(1.0, step / self.kl_warmup_steps)
+
+    def kl_penalty(self, kl_per_dim: torch.Tensor) -> torch.Tensor:
+        """The KL term as optimised, batch-averaged: Σ_d max(λ, mean_b KL_bd)."""
+        if self.free_bits > 0:
+            return kl_per_dim.mean(0).clamp(min=self.free_bits).sum()
+        return kl_per_dim.sum(1).mean()
+
+    def elbo_loss(self, recon: torch.Tensor, kl_per_dim: torch.Tensor, step: int) -> torch.Tensor:
+        """β-weighted −ELBO with warm-up and free bits, averaged over the batch."""
+        return recon.mean() + self.beta_at(step) * self.kl_penalty(kl_per_dim)
+
+    @staticmethod
+    def iwae_loss(log_w: torch.Tensor) -> torch.Tensor:
+        """−log (1/k) Σᵢ wᵢ averaged over the batch; ``log_w``: ``(k, B)``."""
+        return -(torch.logsumexp(log_w, dim=0) - math.log(len(log_w))).mean()
 
     def __repr__(self) -> str:
-        return f"ELBO(beta={self.beta})"
+        return (
+            f"Objective(beta={self.beta}, kl_warmup_steps={self.kl_warmup_steps}, "
+            f"free_bits={self.free_bits}, iw_samples={self.iw_samples})"
+        )
