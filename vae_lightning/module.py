@@ -15,11 +15,16 @@ from torch.distributions import Distribution, Independent, Normal
 
 from vae_lightning.errors import ConfigError
 from vae_lightning.likelihoods import build_likelihood
-from vae_lightning.metrics import PerImageMean, importance_weighted_nll
-from vae_lightning.objectives import ELBO, gaussian_kl
+from vae_lightning.metrics import (
+    LatentStatistics,
+    PerImageMean,
+    SampleFID,
+    bits_per_dim,
+    importance_weighted_nll,
+)
+from vae_lightning.objectives import Objective, gaussian_kl, log_importance_weights
 
 STAGES = ("val", "test")
-TERMS = ("loss", "recon", "kl", "nelbo")
 LOGVAR_RANGE = (-30.0, 20.0)  # σ in [3e-7, 2e4]: wide, but exp() never overflows
 
 
@@ -57,11 +62,13 @@ class VAE(L.LightningModule):
             parameters; ``image_shape``, ``latent_dim`` and ``out_channels`` are passed in.
         image_shape: ``(C, H, W)`` of the data, taken from the data config.
         latent_dim: size of z.
-        likelihood: name of the p(x|z) family (see ``vae_lightning.likelihoods``).
-        beta: weight of the KL term in the training loss.
+        likelihood: p(x|z): ``bernoulli``, ``gaussian`` or ``logistic`` (likelihoods.py);
+            ``likelihood_sigma`` and ``likelihood_mixtures`` configure the last two.
+        beta, kl_warmup_steps, free_bits, iw_samples: the training objective (objectives.py).
         optimizer: config of a ``torch.optim.Optimizer`` (``params`` is passed in).
         eval_iw_samples: k of the importance-weighted ``test/nll``.
         iw_max_images: images decoded at once while estimating ``test/nll``.
+        fid, fid_samples: compute ``test/fid`` on this many prior samples (needs ``.[fid]``).
     """
 
     def __init__(
@@ -71,32 +78,31 @@ class VAE(L.LightningModule):
         image_shape: Sequence[int],
         latent_dim: int = 32,
         likelihood: str = "bernoulli",
+        likelihood_sigma: float | str = 0.1,
+        likelihood_mixtures: int = 1,
         beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        free_bits: float = 0.0,
+        iw_samples: int = 1,
         optimizer: Mapping[str, Any] | None = None,
         eval_iw_samples: int = 1000,
         iw_max_images: int = 2048,
+        fid: bool = False,
+        fid_samples: int = 10000,
     ):
         super().__init__()
-        if latent_dim < 1:
-            raise ConfigError(f"model.latent_dim must be >= 1, got {latent_dim}")
-        if eval_iw_samples < 1:
-            raise ConfigError(f"model.eval_iw_samples must be >= 1, got {eval_iw_samples}")
-        hparams = {
-            "encoder": _plain(encoder),
-            "decoder": _plain(decoder),
-            "image_shape": [int(s) for s in _plain(image_shape)],
-            "latent_dim": int(latent_dim),
-            "likelihood": str(likelihood),
-            "beta": float(beta),
-            "optimizer": _plain(optimizer) or {"_target_": "torch.optim.Adam", "lr": 1e-3},
-            "eval_iw_samples": int(eval_iw_samples),
-            "iw_max_images": int(iw_max_images),
-        }
+        hparams = {key: _plain(value) for key, value in locals().items() if key not in ("self", "__class__")}
+        hparams["image_shape"] = [int(s) for s in hparams["image_shape"]]
+        hparams["optimizer"] = hparams["optimizer"] or {"_target_": "torch.optim.Adam", "lr": 1e-3}
+        for key, low in (("latent_dim", 1), ("eval_iw_samples", 1), ("fid_samples", 1)):
+            if hparams[key] < low:
+                raise ConfigError(f"model.{key} must be >= {low}, got {hparams[key]}")
         self.save_hyperparameters(hparams)
-        self.image_shape = tuple(hparams["image_shape"])
-        self.latent_dim = hparams["latent_dim"]
-        self.likelihood = build_likelihood(hparams["likelihood"])
-        self.objective = ELBO(beta=hparams["beta"])
+        self.image_shape, self.latent_dim = tuple(hparams["image_shape"]), int(latent_dim)
+        self.likelihood = build_likelihood(
+            likelihood, self.image_shape, likelihood_sigma, likelihood_mixtures
+        )
+        self.objective = Objective(beta, kl_warmup_steps, free_bits, iw_samples)
         net_args = {"image_shape": self.image_shape, "latent_dim": self.latent_dim}
         self.encoder = _build(hparams["encoder"], nn.Module, "model.encoder", **net_args)
         out_channels = self.image_shape[0] * self.likelihood.params_per_channel
@@ -105,10 +111,13 @@ class VAE(L.LightningModule):
         )
         self.register_buffer("prior_loc", torch.zeros(self.latent_dim), persistent=False)
         self.register_buffer("prior_scale", torch.ones(self.latent_dim), persistent=False)
+        self.terms = ["loss", "recon", "kl", "nelbo"] + (["bpd"] if self.likelihood.discrete_8bit else [])
         self.metrics = nn.ModuleDict(
-            {stage: nn.ModuleDict({t: PerImageMean() for t in TERMS}) for stage in STAGES}
+            {s: nn.ModuleDict({t: PerImageMean() for t in self.terms}) for s in STAGES}
         )
+        self.latent_stats = nn.ModuleDict({s: LatentStatistics(self.latent_dim) for s in STAGES})
         self.test_nll = PerImageMean()
+        self._fid = {}  # SampleFID, created for testing only (kept out of the state dict)
         self._data_checked = False
 
     # --- the probabilistic model -------------------------------------------------------
@@ -144,37 +153,87 @@ class VAE(L.LightningModule):
 
     # --- training and evaluation -------------------------------------------------------
     def _shared_step(self, batch: Any, stage: str) -> dict[str, torch.Tensor]:
-        """Per-image terms (nats), shape ``(B,)``, for one batch of ``(x, y)``."""
+        """The batch's training loss (scalar) and per-image terms in nats, ``(B,)``."""
         x = batch[0]
         if not self._data_checked:
             self.likelihood.check_data(x)  # one host sync, on the first batch only
             self._data_checked = True
         mu, logvar = self.posterior_params(x)
-        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)  # reparameterised sample
-        recon = -self.decode(z).log_prob(x)  # (B,) −log p(x|z)
-        kl = gaussian_kl(mu, logvar).sum(dim=1)  # (B,)
-        return {"loss": self.objective(recon, kl), "recon": recon, "kl": kl, "nelbo": recon + kl}
+        kl_per_dim = gaussian_kl(mu, logvar)  # (B, D)
+        if self.objective.iw_samples > 1:  # IWAE: recon from the first of the k samples
+            q = Independent(Normal(mu, (0.5 * logvar).exp(), validate_args=False), 1)
+            log_w, log_px = log_importance_weights(self, x, q, self.objective.iw_samples, reparameterize=True)
+            recon, loss = -log_px[0], self.objective.iwae_loss(log_w)
+        else:
+            z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)  # reparameterised sample
+            recon = -self.decode(z).log_prob(x)  # (B,) −log p(x|z)
+            loss = self.objective.elbo_loss(recon, kl_per_dim, self.global_step)
+        kl = kl_per_dim.sum(dim=1)
+        terms = {
+            "loss": loss,
+            "recon": recon,
+            "kl": kl,
+            "nelbo": recon + kl,
+            "mu": mu,
+            "kl_per_dim": kl_per_dim,
+        }
+        if self.likelihood.discrete_8bit:
+            terms["bpd"] = bits_per_dim(terms["nelbo"], x[0].numel())
+        return terms
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        terms = {key: value.mean() for key, value in self._shared_step(batch, "train").items()}
+        terms = self._shared_step(batch, "train")
         self.log("train/loss", terms["loss"], prog_bar=True, on_epoch=True)
-        self.log_dict({f"train/{k}": terms[k] for k in TERMS[1:]}, on_epoch=True)
+        self.log_dict({f"train/{k}": terms[k].mean() for k in self.terms[1:]}, on_epoch=True)
+        self.log("train/beta", self.objective.beta_at(self.global_step))
         return terms["loss"]
 
     def _eval_step(self, batch: Any, stage: str) -> None:
-        for key, values in self._shared_step(batch, stage).items():
-            metric = self.metrics[stage][key]
-            metric.update(values)
-            self.log(f"{stage}/{key}", metric, prog_bar=key == "nelbo")
+        terms = self._shared_step(batch, stage)
+        terms["loss"] = terms["loss"].expand(len(batch[0]))  # a batch-level objective, per image
+        for key in self.terms:
+            self.metrics[stage][key].update(terms[key])
+            self.log(f"{stage}/{key}", self.metrics[stage][key], prog_bar=key == "nelbo")
+        self.latent_stats[stage].update(terms["mu"], terms["kl_per_dim"])
+
+    def _log_latent_stats(self, stage: str) -> None:
+        stats = self.latent_stats[stage].compute()
+        self.log(f"{stage}/active_units", stats["active_units"].float())
+        self.log_dict({f"{stage}/kl_per_dim/{d:03d}": v for d, v in enumerate(stats["kl_per_dim"])})
+        self.latent_stats[stage].reset()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_latent_stats("val")
+
+    def on_test_start(self) -> None:
+        if self.hparams.fid:
+            self._fid["metric"] = SampleFID(self.hparams.fid_samples).to(self.device)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "test")
         k = self.hparams.eval_iw_samples
         self.test_nll.update(importance_weighted_nll(self, batch[0], k, self.hparams.iw_max_images))
         self.log("test/nll", self.test_nll, prog_bar=True)
+        if "metric" in self._fid:
+            self._fid["metric"].update_real(batch[0])
+
+    def on_test_epoch_end(self) -> None:
+        self._log_latent_stats("test")
+        if "metric" in self._fid:
+            self.log("test/fid", self._fid.pop("metric").compute_for(self))
+
+    def on_fit_start(self) -> None:
+        """Fail before training when the data's value range is outside the likelihood's."""
+        data_range = getattr(self.trainer.datamodule, "value_range", None)
+        lo, hi = self.likelihood.support
+        if data_range is not None and (data_range[0] < lo or data_range[1] > hi):
+            raise ConfigError(
+                f"the data's pixel values lie in {list(data_range)}, but model.likelihood="
+                f"{self.likelihood.name} only covers [{lo}, {hi}]; choose another likelihood"
+            )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer = self.hparams.optimizer
