@@ -46,3 +46,17 @@ def test_conv_rejects_size_that_does_not_halve():
         ConvEncoder((1, 27, 27), 8, channels=(4, 8, 16))
     with pytest.raises(ConfigError, match="square images"):
         ConvDecoder((1, 28, 32), 8, 1)
+
+
+@pytest.mark.parametrize("size, levels", [(28, 2), (64, 4)])
+def test_resnet_shapes_and_levels(size, levels):
+    from vae_lightning.networks import ResNetDecoder, ResNetEncoder
+
+    enc = ResNetEncoder((3, size, size), 8, channels=(4, 8, 8, 8), blocks_per_level=2)
+    dec = ResNetDecoder((3, size, size), 8, 6, channels=(4, 8, 8, 8), blocks_per_level=2)
+    strided = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == levels
+    assert enc(torch.rand(2, 3, size, size)).shape == (2, 16)
+    assert dec(torch.randn(2, 8)).shape == (2, 6, size, size)
+    with pytest.raises(ValueError, match=rf"\(B, 3, {size}, {size}\)"):
+        enc(torch.rand(2, 1, size, size))

@@ -8,5 +8,6 @@ concatenated); every decoder maps ``(B, latent_dim)`` to the parameters of p(x|z
 
 from vae_lightning.networks.conv import ConvDecoder, ConvEncoder
 from vae_lightning.networks.mlp import MLPDecoder, MLPEncoder
+from vae_lightning.networks.resnet import ResNetDecoder, ResNetEncoder
 
-__all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder"]
+__all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "ResNetDecoder", "ResNetEncoder"]
