@@ -55,8 +55,9 @@ def make_mnist(root: Path, n_train: int = 512, n_test: int = 128, name: str = "M
 
 @pytest.fixture(scope="session")
 def tiny_mnist(tmp_path_factory) -> Path:
-    """Data dir with 512 training and 128 test synthetic MNIST-format images."""
-    return make_mnist(tmp_path_factory.mktemp("data"))
+    """Data dir with 512 training and 128 test synthetic images, as MNIST and FashionMNIST."""
+    root = make_mnist(tmp_path_factory.mktemp("data"))
+    return make_mnist(root, name="FashionMNIST")
 
 
 TINY = [
