@@ -1,22 +1,26 @@
 # The two commands of the README. Both create .venv on first use (and refresh it when
-# pyproject.toml changes). Pass extra arguments with ARGS="...".
+# pyproject.toml changes). Pass extra arguments with ARGS="...", optional extras with
+# EXTRAS=dev,fid (CI does, to run the FID tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
+EXTRAS ?= dev
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: train test lint
 
-$(VENV)/.installed: pyproject.toml
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[$(EXTRAS)]"
 	touch $@
 
-train: $(VENV)/.installed
+train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
-test: $(VENV)/.installed
+test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
-lint: $(VENV)/.installed
+lint: $(STAMP)
 	$(BIN)/ruff check vae_lightning tests train.py

