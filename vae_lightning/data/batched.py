@@ -3,12 +3,15 @@ class that turns their uint8 batches into model inputs on the device.
 
 The DataLoader's sampler still yields indices (so shuffling, seeding and Lightning's
 distributed sampler work unchanged), but ``__getitems__`` gathers the batch with one
-tensor index instead of a Python call, a PIL image and a ``stack`` per sample.
+tensor index instead of a Python call, a PIL image and a ``stack`` per sample. The
+images may also be a memory-mapped ``.npy`` file (``np.load(path, mmap_mode="r")``):
+a batch then reads only its own rows from disk.
 """
 
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -16,22 +19,56 @@ from vae_lightning.errors import ConfigError
 
 
 class BatchIndexedDataset(Dataset):
-    """uint8 images ``(N, C, H, W)`` and integer labels ``(N,)`` held in memory."""
+    """uint8 images ``(N, C, H, W)`` and labels ``(N, ...)``, indexed a batch at a time.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
-            raise ValueError(f"expected uint8 (N, C, H, W) images and N labels, got {images.shape}")
+    ``images`` is a tensor in memory or a numpy array, typically memory-mapped from a
+    cache file. ``rows`` (optional) selects this dataset's rows of ``images`` and
+    ``labels``, so that several splits share one memory map.
+    """
+
+    def __init__(
+        self, images: torch.Tensor | np.ndarray, labels: torch.Tensor, rows: np.ndarray | None = None
+    ):
+        uint8 = images.dtype == (torch.uint8 if isinstance(images, torch.Tensor) else np.uint8)
+        if not uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"expected uint8 (N, C, H, W) images and N labels, got {tuple(images.shape)}")
         self.images, self.labels = images, labels
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) if self.rows is None else len(self.rows)
+
+    def _take(self, index: int | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rows is not None:
+            index = self.rows[index]
+        labels = self.labels[torch.from_numpy(index) if isinstance(index, np.ndarray) else index]
+        if isinstance(self.images, torch.Tensor):
+            return self.images[index], labels
+        images = self.images[index]  # reads only the selected rows of a memory map
+        if not images.flags.writeable or not images.flags.c_contiguous:  # a view, not a copy
+            images = np.ascontiguousarray(images).copy()
+        return torch.from_numpy(images), labels
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+        return self._take(index)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices)
-        return self.images[idx], self.labels[idx]  # (B, C, H, W) uint8, (B,)
+        if isinstance(self.images, torch.Tensor) and self.rows is None:
+            idx = torch.as_tensor(indices)
+            return self.images[idx], self.labels[idx]  # (B, C, H, W) uint8, (B, ...)
+        return self._take(np.asarray(indices, dtype=np.int64))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle a memory map as its file name (a spawned worker re-opens it), not its bytes."""
+        state = self.__dict__.copy()
+        if isinstance(self.images, np.memmap) and self.images.filename:
+            state["images"] = ("npy_memmap", str(self.images.filename))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["images"], tuple):
+            state["images"] = np.load(state["images"][1], mmap_mode="r")
+        self.__dict__.update(state)
 
 
 def keep_batch(batch: Any) -> Any:
@@ -46,13 +83,29 @@ def binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
     return (torch.rand(probs.shape, generator=generator) < probs).to(torch.uint8).mul_(255)
 
 
+def split_dataset(
+    images: np.ndarray, labels: torch.Tensor, rows: np.ndarray, binarize: bool, seed: int
+) -> BatchIndexedDataset:
+    """The ``rows`` of a (memory-mapped) image array as a dataset; with ``binarize`` the
+    rows are read into memory and binarised once (fixed seed per chunk of 4096 rows), as
+    validation and test sets are."""
+    if not binarize:
+        return BatchIndexedDataset(images, labels, rows)
+    chunks = [
+        binarize_once(torch.from_numpy(np.ascontiguousarray(images[rows[i : i + 4096]])), seed + i)
+        for i in range(0, len(rows), 4096)
+    ]
+    return BatchIndexedDataset(torch.cat(chunks), labels[torch.from_numpy(rows)])
+
+
 class BatchedImageDataModule(L.LightningDataModule):
     """Base class: subclasses fill ``self.splits`` with ``BatchIndexedDataset``s in ``setup``.
 
     Batches travel as uint8 and become floats in [0, 1] after the transfer to the device.
     With ``binarize``, training batches get a fresh Bernoulli draw every step (dynamic
     binarisation); validation and test sets are binarised once, with a fixed seed, in
-    ``setup`` so that their metrics are deterministic.
+    ``setup`` so that their metrics are deterministic. With ``hflip``, a random half of
+    each training batch is mirrored left-right (on the device, after the transfer).
     """
 
     image_shape: tuple[int, int, int]  # (C, H, W), set by subclasses
@@ -65,6 +118,7 @@ class BatchedImageDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         pin_memory: bool = False,
         likelihood: str | None = None,
+        hflip: bool = False,
     ):
         """``likelihood`` names the p(x|z) family these pixels call for (binary: bernoulli,
         8-bit: logistic); model configs read it as their default ``model.likelihood``."""
@@ -79,6 +133,7 @@ class BatchedImageDataModule(L.LightningDataModule):
         self.binarize = binarize
         self.pin_memory = pin_memory
         self.likelihood = likelihood
+        self.hflip = hflip
         self.splits: dict[str, BatchIndexedDataset] = {}
 
     @property
@@ -109,7 +164,11 @@ class BatchedImageDataModule(L.LightningDataModule):
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
     def preprocess(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
-        """uint8 ``(B, C, H, W)`` -> float in [0, 1]; dynamic binarisation when ``train``."""
+        """uint8 ``(B, C, H, W)`` -> float in [0, 1]; when ``train``, dynamic binarisation
+        (``binarize``) and a left-right flip of a random half of the batch (``hflip``)."""
+        if train and self.hflip:  # on uint8: a quarter of the bytes of floats
+            flip = torch.rand(len(images), device=images.device) < 0.5  # (B,)
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         x = images.float().div_(255)
         if train and self.binarize:
             x = torch.bernoulli(x)
