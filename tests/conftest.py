@@ -55,8 +55,12 @@ def make_mnist(root: Path, n_train: int = 512, n_test: int = 128, name: str = "M
 
 @pytest.fixture(scope="session")
 def tiny_mnist(tmp_path_factory) -> Path:
-    """Data dir with 512 training and 128 test synthetic images, as MNIST and FashionMNIST."""
+    """Data dir with 512 training and 128 test synthetic images, as MNIST and FashionMNIST,
+    and 40 synthetic faces in CelebA's layout."""
+    from synthetic_images import make_celeba
+
     root = make_mnist(tmp_path_factory.mktemp("data"))
+    make_celeba(root, n=40)
     return make_mnist(root, name="FashionMNIST")
 
 
@@ -65,23 +69,23 @@ TINY = [
     "trainer.max_epochs=2",
     "++trainer.enable_progress_bar=false",
     "++trainer.enable_model_summary=false",
-    "data.val_size=64",
-    "data.batch_size=32",
     "model.eval_iw_samples=16",
 ]
+MNIST_TINY = ["data.val_size=64", "data.batch_size=32"]  # for data=mnist / fashion_mnist
 
 
 @pytest.fixture
 def make_cfg(tmp_path, tiny_mnist):
     """Compose the real ``conf/train.yaml`` with tiny sizes; the run dir is ``tmp_path/run``."""
 
-    def _make(*overrides: str, data_dir: Path | None = None) -> DictConfig:
+    def _make(*overrides: str, data_dir: Path | None = None, mnist_like: bool = True) -> DictConfig:
         paths = [
             f"paths.data_dir={data_dir or tiny_mnist}",
             f"paths.log_dir={tmp_path / 'logs'}",
             f"paths.output_dir={tmp_path / 'run'}",
         ]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("train", overrides=[*paths, *TINY, *overrides])
+            tiny = [*TINY, *MNIST_TINY] if mnist_like else TINY
+            return compose("train", overrides=[*paths, *tiny, *overrides])
 
     return _make
