@@ -16,7 +16,8 @@ needs_fid = pytest.mark.skipif(
 
 
 def mnist_images(n: int) -> torch.Tensor:
-    """The first n real MNIST training images when present, else synthetic digits; (n, 1, 28, 28) in [0, 1]."""
+    """The first n real MNIST training images when present, else synthetic digits:
+    (n, 1, 28, 28) in [0, 1]."""
     path = REAL_DATA_DIR / "MNIST" / "raw" / "train-images-idx3-ubyte"
     if path.is_file():
         data = np.frombuffer(path.read_bytes(), np.uint8, offset=16).reshape(-1, 28, 28)[:n]

@@ -5,6 +5,7 @@ Hydra wrapped it while instantiating a config) prints ``error: <message>`` and e
 with status 2, without a traceback. ``HYDRA_FULL_ERROR=1`` re-raises it in full.
 """
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -21,6 +22,10 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError, RuntimeError):
     """Data missing, unreadable or inconsistent."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A path that is not a usable checkpoint: missing, corrupt, unsafe or of another model."""
 
 
 def find_user_error(err: BaseException | None) -> UserError | None:
@@ -44,3 +49,16 @@ def report_user_errors() -> Iterator[None]:
             raise
         print(f"error: {user_error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+@contextmanager
+def quiet_logger(name: str = "hydra.utils") -> Iterator[None]:
+    """Silence a logger for a block: ``hydra.utils.get_class`` logs the failures that we
+    report ourselves as one ``error: ...`` message."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

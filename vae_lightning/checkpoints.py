@@ -1,0 +1,175 @@
+"""Find a trained VAE and load it safely.
+
+``ckpt_path`` may be a ``.ckpt`` file, a run directory of ``train.py`` (its best
+checkpoint ``checkpoints/epoch_*.ckpt``, else ``checkpoints/last.ckpt``) or a multirun job
+directory (same layout). Files are read with ``torch.load(..., weights_only=True)``, which
+only rebuilds tensors and plain Python values, so a malicious pickle cannot run code; the
+network classes a checkpoint names must be ``nn.Module``s (see ``vae_lightning.module``).
+Every way a path can be wrong becomes a ``CheckpointError`` naming the file and the fix.
+"""
+
+import pickle
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vae_lightning.errors import CheckpointError, quiet_logger
+from vae_lightning.module import VAE
+
+REQUIRED_HPARAMS = ("encoder", "decoder", "image_shape", "latent_dim")
+FIX = (
+    "  fix: point ckpt_path at a .ckpt file written by train.py, or at its run directory "
+    "(logs/train/runs/<time>/ or logs/train/multiruns/<time>/<job>/)."
+)
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run directory of a checkpoint in ``<run>/checkpoints/``, else the file's folder."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def _recorded_best(folder: Path) -> Path | None:
+    """The best checkpoint that ModelCheckpoint recorded in ``last.ckpt``, if it still exists."""
+    last = folder / "last.ckpt"
+    try:
+        state = read_checkpoint(last) if last.is_file() else {}
+    except CheckpointError:
+        return None
+    callbacks = state.get("callbacks", {}) if isinstance(state, dict) else {}
+    for key, value in callbacks.items() if isinstance(callbacks, dict) else ():
+        if str(key).startswith("ModelCheckpoint") and isinstance(value, dict):
+            best = folder / Path(str(value.get("best_model_path", ""))).name
+            if best.suffix == ".ckpt" and best.is_file():
+                return best
+    return None
+
+
+def _checkpoint_in(folder: Path) -> Path | None:
+    """The best checkpoint in ``folder`` (any ``*.ckpt`` but ``last*.ckpt``), else ``last.ckpt``."""
+    best = sorted(p for p in folder.glob("*.ckpt") if p.is_file() and not p.name.startswith("last"))
+    if len(best) == 1:
+        return best[0]
+    if len(best) > 1:
+        recorded = _recorded_best(folder)
+        if recorded is None:
+            names = ", ".join(p.name for p in best)
+            raise CheckpointError(
+                f"{folder} holds several checkpoints ({names}) and last.ckpt does not record which is best.\n"
+                f"  fix: choose one, e.g. ckpt_path={best[0]}"
+            )
+        return recorded
+    last = folder / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file that ``path`` (file, run directory or multirun job directory) means."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"ckpt_path={path} does not exist.\n{FIX}")
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"ckpt_path={path} is neither a file nor a directory.\n{FIX}")
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = _checkpoint_in(folder)
+    if found is not None:
+        return found
+    jobs = sorted(
+        (p for p in path.iterdir() if (p / "checkpoints").is_dir()), key=lambda p: (len(p.name), p.name)
+    )
+    if jobs:
+        raise CheckpointError(
+            f"{path} is a multirun directory with {len(jobs)} jobs; choose one, e.g. ckpt_path={jobs[0]}"
+        )
+    raise CheckpointError(f"no checkpoint in {path} (expected checkpoints/epoch_*.ckpt or last.ckpt).\n{FIX}")
+
+
+def _reason(err: Exception) -> str:
+    """``Type: first sentence`` of an exception (plus the next line after a heading ``...:``)."""
+    lines = [line.strip() for line in str(err).strip().splitlines()]
+    text = lines[0].split(". ")[0] if lines else ""  # the first sentence says it
+    if text.endswith(":") and len(lines) > 1:  # "Error(s) in loading state_dict for VAE:"
+        text = f"{text} {lines[1].split('. ')[0]}"
+    text = text if len(text) <= 300 else text[:299] + "…"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def read_checkpoint(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; refusals and corrupt files
+    become ``CheckpointError``s."""
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for users
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if found:  # weights_only refused to import a callable: the file wanted to run code
+            raise CheckpointError(
+                f"refused to load {path}: it holds a pickled Python object ({found.group(1)}) that could run "
+                "code when loaded; checkpoints of train.py hold only tensors and plain values.\n"
+                f"  fix: use a checkpoint from a source you trust, written by train.py."
+            ) from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_reason(err)}).\n{FIX}") from None
+    except Exception as err:  # truncated zip, text file, directory ...: anything torch cannot read
+        what = "an empty file" if path.is_file() and path.stat().st_size == 0 else _reason(err)
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({what}); it may be truncated or another kind of "
+            f"file.\n{FIX}"
+        ) from None
+
+
+def check_vae_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
+    """The VAE hyper_parameters of a loaded Lightning checkpoint; an error for anything else."""
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(
+            f"{path} holds a {type(ckpt).__name__}, not a Lightning checkpoint of a VAE.\n{FIX}"
+        )
+    if "state_dict" not in ckpt:
+        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise CheckpointError(
+                f"{path} is a plain state_dict (tensors only): it lacks the hyper_parameters that say which "
+                f"model to build.\n{FIX}"
+            )
+        keys = ", ".join(map(str, list(ckpt)[:6])) or "none"
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict; keys: {keys}).\n{FIX}")
+    hparams = ckpt.get("hyper_parameters")
+    missing = (
+        [k for k in REQUIRED_HPARAMS if k not in hparams] if isinstance(hparams, dict) else REQUIRED_HPARAMS
+    )
+    if missing:
+        raise CheckpointError(
+            f"{path} is a Lightning checkpoint of another model: its hyper_parameters lack "
+            f"{', '.join(missing)}, which a vae_lightning.VAE saves.\n{FIX}"
+        )
+    return hparams
+
+
+def build_vae(ckpt: dict[str, Any], path: Path, device: torch.device | str = "cpu") -> VAE:
+    """The VAE that a checked checkpoint describes, with its weights, in eval mode on ``device``."""
+    try:
+        with quiet_logger():  # hydra's get_class would log what we report below
+            model = VAE(**ckpt["hyper_parameters"])
+    except Exception as err:  # a ConfigError, an unknown hyper_parameter, a bad value ...
+        raise CheckpointError(
+            f"{path}: the VAE its hyper_parameters describe cannot be built ({_reason(err)}); it names "
+            f"classes or values that this version of vae_lightning does not build.\n{FIX}"
+        ) from None
+    model.on_load_checkpoint(ckpt)  # what LightningModule.load_from_checkpoint does too
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: its weights do not fit the VAE its hyper_parameters describe ({_reason(err)}).\n{FIX}"
+        ) from None
+    return model.to(device).eval()
+
+
+def load_vae(path: Path, device: torch.device | str = "cpu") -> VAE:
+    """Read, check and build the VAE of checkpoint file ``path``."""
+    ckpt = read_checkpoint(path)
+    check_vae_checkpoint(ckpt, path)
+    return build_vae(ckpt, path, device)
