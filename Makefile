@@ -23,4 +23,4 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check vae_lightning tests train.py
+	$(BIN)/ruff check vae_lightning tests train.py sample.py
