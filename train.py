@@ -6,9 +6,12 @@ Examples:
     python train.py -m model.latent_dim=2,8,32
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from vae_lightning.config import null_group_overrides
 from vae_lightning.errors import report_user_errors
 from vae_lightning.training import train
 
@@ -20,4 +23,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = null_group_overrides(sys.argv)  # logger=null means: no logger
     main()

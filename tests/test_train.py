@@ -112,3 +112,10 @@ def test_cli_trains_and_bad_value_lists_valid_names(tiny_mnist, tmp_path):
     bad = run_train(*common[:-1], f"hydra.run.dir={tmp_path / 'bad'}", "model.likelihood=bernouli")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "unknown model.likelihood='bernouli'; valid: bernoulli" in bad.stderr
+
+
+def test_null_group_override_means_no_entry(tmp_path):
+    from vae_lightning.config import null_group_overrides
+
+    argv = ["train.py", "logger=null", "model.beta=null", "callbacks=null", "data=mnist"]
+    assert null_group_overrides(argv) == ["train.py", "~logger", "model.beta=null", "~callbacks", "data=mnist"]

@@ -3,12 +3,12 @@ LightningModule. Networks are plain ``nn.Module``s built from config dicts, so a
 checkpoint rebuilds its model with ``VAE.load_from_checkpoint(path)`` and nothing else.
 """
 
+import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
@@ -41,12 +41,13 @@ def _build(cfg: Mapping[str, Any], base: type, what: str, **kwargs: Any) -> Any:
     Only subclasses of ``base`` are built: a checkpoint names its classes as strings, and
     loading one must never call an arbitrary function.
     """
-    target = cfg.get("_target_")
+    target = str(cfg.get("_target_"))
+    module_name, _, name = target.rpartition(".")
     try:
-        cls = get_class(target)
-    except Exception as err:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
         raise ConfigError(f"{what}._target_={target!r} cannot be imported: {err}") from None
-    if not issubclass(cls, base):
+    if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ConfigError(f"{what}._target_={target!r} is not a {base.__module__}.{base.__name__}")
     args = {key: value for key, value in cfg.items() if not key.startswith("_")}
     return cls(**args, **kwargs)

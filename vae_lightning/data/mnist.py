@@ -85,7 +85,7 @@ class MNISTDataModule(BatchedImageDataModule):
         return (
             f"{self.dataset_cls.__name__} {reason} in {self.raw_dir}\n"
             f"  expected files: {files}\n"
-            "  fix: run with data.download=true on a machine with network access, or point "
+            "  fix: with network access, data.download=true fetches them; or point "
             "data.data_dir=... (or the VAE_DATA_DIR environment variable) at a folder "
             f"that holds {self.dataset_cls.__name__}/raw/."
         )
