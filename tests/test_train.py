@@ -118,4 +118,5 @@ def test_null_group_override_means_no_entry(tmp_path):
     from vae_lightning.config import null_group_overrides
 
     argv = ["train.py", "logger=null", "model.beta=null", "callbacks=null", "data=mnist"]
-    assert null_group_overrides(argv) == ["train.py", "~logger", "model.beta=null", "~callbacks", "data=mnist"]
+    expected = ["train.py", "~logger", "model.beta=null", "~callbacks", "data=mnist"]
+    assert null_group_overrides(argv) == expected
