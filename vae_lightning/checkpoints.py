@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vae_lightning.errors import CheckpointError, quiet_logger
+from vae_lightning.errors import CheckpointError
 from vae_lightning.module import VAE
 
 REQUIRED_HPARAMS = ("encoder", "decoder", "image_shape", "latent_dim")
@@ -151,8 +151,7 @@ def check_vae_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
 def build_vae(ckpt: dict[str, Any], path: Path, device: torch.device | str = "cpu") -> VAE:
     """The VAE that a checked checkpoint describes, with its weights, in eval mode on ``device``."""
     try:
-        with quiet_logger():  # hydra's get_class would log what we report below
-            model = VAE(**ckpt["hyper_parameters"])
+        model = VAE(**ckpt["hyper_parameters"])
     except Exception as err:  # a ConfigError, an unknown hyper_parameter, a bad value ...
         raise CheckpointError(
             f"{path}: the VAE its hyper_parameters describe cannot be built ({_reason(err)}); it names "
