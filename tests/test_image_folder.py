@@ -117,3 +117,17 @@ def test_trains_one_epoch_and_reports_the_two_skipped_files(tree, tmp_path, capl
     assert any("Skipped 2 of 26" in r.getMessage() for r in caplog.records)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert math.isfinite(metrics["test/nelbo"])
+
+
+def test_sample_inputs_come_from_the_test_rows_of_the_cache(tree, tmp_path):
+    """sample.py's test-split inputs are the test rows of the memory-mapped cache, as uint8."""
+    from vae_lightning.inputs import test_images
+
+    dm = datamodule(tree, tmp_path)
+    rows = dm.splits["test"].rows
+    cache = dm.image_cache().open().images
+    got = test_images(dm, 3, None)
+    assert got.dtype == torch.uint8 and torch.equal(got, torch.from_numpy(np.asarray(cache[rows[:3]])))
+    picked = test_images(dm, 0, [len(rows) - 1])
+    assert torch.equal(picked[0], torch.from_numpy(np.asarray(cache[rows[-1]])))
+    assert dm.preprocess(got).dtype == torch.float32

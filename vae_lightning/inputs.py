@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
 from vae_lightning.checkpoints import run_dir_of
 from vae_lightning.data.batched import BatchedImageDataModule, binarize_once
+from vae_lightning.data.cache import load_image
 from vae_lightning.errors import ConfigError, DataError, UserError, quiet_logger
 
 PIL_MODES = {1: "L", 3: "RGB"}
@@ -72,38 +72,39 @@ def test_images(
             f"{err}\n  for sample.py: pass data_dir=... (the folder that holds the dataset) or use image "
             "files with inputs=[a.png,b.png]."
         ) from None
-    images = datamodule.splits["test"].images
+    split = datamodule.splits["test"]  # may be rows of a memory-mapped cache shared by all splits
     if indices is None:
-        if count > len(images):
-            raise ConfigError(f"asked for {count} test images, but the test split has {len(images)}")
-        return images[:count]
-    bad = [i for i in indices if not 0 <= i < len(images)]
+        if count > len(split):
+            raise ConfigError(f"asked for {count} test images, but the test split has {len(split)}")
+        indices = range(count)
+    bad = [i for i in indices if not 0 <= i < len(split)]
     if bad:
         raise ConfigError(
-            f"indices {bad} are out of range: the test split has {len(images)} images (0..{len(images) - 1})"
+            f"indices {bad} are out of range: the test split has {len(split)} images (0..{len(split) - 1})"
         )
-    return images[torch.tensor(list(indices), dtype=torch.long)]
+    return split.__getitems__(list(indices))[0]  # uint8 tensor
 
 
-def read_image_files(files: Sequence[str], image_shape: Sequence[int]) -> torch.Tensor:
-    """uint8 ``(N, C, H, W)``: each file converted to C channels and resized to H x W (bilinear)."""
+def read_image_files(
+    files: Sequence[str], image_shape: Sequence[int], crop: int | None = None
+) -> torch.Tensor:
+    """uint8 ``(N, C, H, W)``: each file prepared like cached training images (``load_image``:
+    C channels, the centred ``crop`` square or the largest one, antialiased resize to H x W)."""
     channels, height, width = image_shape
-    if channels not in PIL_MODES:
-        raise ConfigError(f"image files can feed models with 1 or 3 channels, this one has {channels}")
+    if channels not in PIL_MODES or height != width:
+        raise ConfigError(
+            f"image files can feed square models with 1 or 3 channels, not {tuple(image_shape)}"
+        )
     arrays = []
     for name in files:
         path = Path(name).expanduser()
         if not path.is_file():
             raise DataError(f"input image {path} does not exist")
         try:
-            with Image.open(path) as image:
-                image = image.convert(PIL_MODES[channels])
-                if image.size != (width, height):
-                    image = image.resize((width, height), Image.Resampling.BILINEAR)
-                arrays.append(np.asarray(image, dtype=np.uint8).reshape(height, width, channels))
+            arrays.append(load_image(path, height, channels, crop))
         except Exception as err:  # not an image, truncated, too large ...
             raise DataError(f"cannot read input image {path} ({type(err).__name__}: {err})") from None
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.stack(arrays))
 
 
 def load_inputs(
@@ -119,7 +120,8 @@ def load_inputs(
     run_cfg, cfg_path = run_config(ckpt)
     datamodule = build_datamodule(run_cfg, cfg_path, data_dir) if run_cfg is not None else None
     if files:
-        images = read_image_files(files, model.image_shape)
+        crop = getattr(datamodule, "crop", None)  # CelebA: the same 148 crop as in training
+        images = read_image_files(files, model.image_shape, crop)
         binarize = datamodule.binarize if datamodule is not None else model.hparams.likelihood == "bernoulli"
         if binarize:
             images = binarize_once(images, seed)
