@@ -33,11 +33,13 @@ def test_train_writes_run_dir_and_metrics(make_cfg, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert KEYS <= metrics.keys()
     assert all(math.isfinite(v) for v in metrics.values())
-    assert value == metrics["val/nelbo"] == min(val_curve(run))
-    assert metrics["test/nelbo"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"], rel=1e-5)
+    curve = val_curve(run)  # 3 epochs, then the best checkpoint validated again
+    assert len(curve) == 4 and curve[2] < curve[0] < 543.5 + 1  # 784·ln 2 = 543.4 at random init
+    assert value == metrics["val/nelbo"] == min(curve[:3]) == curve[3]  # evaluation is deterministic
+    for stage in ("val", "test"):  # all numbers of one stage describe the same checkpoint
+        total = metrics[f"{stage}/recon"] + metrics[f"{stage}/kl"]
+        assert metrics[f"{stage}/nelbo"] == pytest.approx(total, rel=1e-5)
     assert metrics["test/nll"] <= metrics["test/nelbo"]
-    curve = val_curve(run)
-    assert len(curve) == 3 and curve[-1] < curve[0] < 543.5 + 1  # 784·ln 2 = 543.4 at random init
 
 
 def test_checkpoint_loads_on_cpu_and_samples(make_cfg, tmp_path):
@@ -120,3 +122,26 @@ def test_null_group_override_means_no_entry(tmp_path):
     argv = ["train.py", "logger=null", "model.beta=null", "callbacks=null", "data=mnist"]
     expected = ["train.py", "~logger", "model.beta=null", "~callbacks", "data=mnist"]
     assert null_group_overrides(argv) == expected
+
+
+def test_evaluate_a_checkpoint_and_resume_a_run(make_cfg, tmp_path):
+    from vae_lightning.errors import CheckpointError, ConfigError
+
+    train(make_cfg("model=conv_vae", "trainer.max_epochs=1", "test=false"))
+    run = tmp_path / "run"
+    first = json.loads((run / "metrics.json").read_text())
+    # train=false builds the checkpoint's own model (conv), whatever cfg.model says (MLP)
+    train(make_cfg("train=false", f"ckpt_path={run}", "paths.output_dir=" + str(tmp_path / "eval")))
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert math.isfinite(evaluated["test/nll"]) and "val/nelbo" not in evaluated
+    # resume the run directory from its last.ckpt for one more epoch
+    train(make_cfg("model=conv_vae", "trainer.max_epochs=2", f"ckpt_path={run}", "test=false"))
+    rows = csv.DictReader(open(run / "csv" / "metrics.csv"))
+    epochs = [int(r["epoch"]) for r in rows if r.get("val/nelbo")]
+    assert epochs[0] == 1  # it went on from epoch 1, it did not start over
+    assert json.loads((run / "metrics.json").read_text()) != first
+    with pytest.raises(ConfigError, match="train=false evaluates a trained model"):
+        train(make_cfg("train=false"))
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
+        train(make_cfg(f"ckpt_path={tmp_path / 'notes.ckpt'}"))

@@ -26,6 +26,7 @@ from vae_lightning.objectives import Objective, gaussian_kl, log_importance_weig
 
 STAGES = ("val", "test")
 LOGVAR_RANGE = (-30.0, 20.0)  # σ in [3e-7, 2e4]: wide, but exp() never overflows
+EVAL_SEED = 0  # validation and test draw z from a generator reset to this every epoch
 
 
 def _plain(value: Any) -> Any:
@@ -119,6 +120,7 @@ class VAE(L.LightningModule):
         self.latent_stats = nn.ModuleDict({s: LatentStatistics(self.latent_dim) for s in STAGES})
         self.test_nll = PerImageMean()
         self._fid = {}  # SampleFID, created for testing only (kept out of the state dict)
+        self._eval_generator: torch.Generator | None = None
         self._data_checked = False
 
     # --- the probabilistic model -------------------------------------------------------
@@ -166,7 +168,7 @@ class VAE(L.LightningModule):
             log_w, log_px = log_importance_weights(self, x, q, self.objective.iw_samples, reparameterize=True)
             recon, loss = -log_px[0], self.objective.iwae_loss(log_w)
         else:
-            z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)  # reparameterised sample
+            z = mu + (0.5 * logvar).exp() * self._noise(mu, stage)  # reparameterised sample
             recon = -self.decode(z).log_prob(x)  # (B,) −log p(x|z)
             loss = self.objective.elbo_loss(recon, kl_per_dim, self.global_step)
         kl = kl_per_dim.sum(dim=1)
@@ -181,6 +183,22 @@ class VAE(L.LightningModule):
         if self.likelihood.discrete_8bit:
             terms["bpd"] = bits_per_dim(terms["nelbo"], x[0].numel())
         return terms
+
+    def _noise(self, mu: torch.Tensor, stage: str) -> torch.Tensor:
+        """ε ~ N(0, I); from a generator reset every epoch for val/test, so their numbers are
+        deterministic (the same checkpoint gives the same val/nelbo every time)."""
+        if stage == "train" or self._eval_generator is None:
+            return torch.randn_like(mu)
+        return torch.randn(mu.shape, generator=self._eval_generator, device=mu.device, dtype=mu.dtype)
+
+    def _reset_eval_generator(self) -> None:
+        self._eval_generator = torch.Generator(device=self.device).manual_seed(EVAL_SEED)
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_eval_generator()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_eval_generator()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         terms = self._shared_step(batch, "train")

@@ -11,6 +11,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from vae_lightning.checkpoints import check_vae_checkpoint, load_vae, read_checkpoint, resolve_checkpoint
+from vae_lightning.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -33,27 +36,42 @@ def _numbers(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items() if key.startswith(prefix)}
 
 
+def resume_checkpoint(path: str) -> str:
+    """The file to resume from: ``path`` itself, or a run directory's ``checkpoints/last.ckpt``;
+    checked to be a VAE checkpoint (a clear error) before Lightning reads it."""
+    last = Path(path).expanduser() / "checkpoints" / "last.ckpt"
+    file = last if last.is_file() else resolve_checkpoint(path)
+    check_vae_checkpoint(read_checkpoint(file), file)
+    return str(file)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train and test as ``cfg`` says; return ``val/nelbo`` of the best checkpoint (what a
-    sweeper minimises), or None when there was no validation."""
+    sweeper minimises), or None when there was no validation. ``train=false`` evaluates the
+    model of ``ckpt_path`` (built from its own hyper-parameters)."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    fit, ckpt_path = cfg.get("train", True), cfg.get("ckpt_path")
+    if not fit and not ckpt_path:
+        raise ConfigError("train=false evaluates a trained model: give ckpt_path=<checkpoint or run dir>")
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model) if fit else load_vae(resolve_checkpoint(ckpt_path))
     callbacks, loggers = _instantiate_all(cfg.get("callbacks")), _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
     metrics: dict[str, float] = {}
-    if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    best = ""
+    if fit:
+        trainer.fit(
+            model, datamodule=datamodule, ckpt_path=resume_checkpoint(ckpt_path) if ckpt_path else None
+        )
         metrics.update(_numbers(trainer.callback_metrics, "val/"))
-    checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if checkpoint is not None else ""
-    if best and checkpoint.best_model_score is not None:
-        metrics["val/nelbo"] = float(checkpoint.best_model_score)  # the model that is tested
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:  # every val/* number of the checkpoint that is tested, not of the last epoch
+        trainer.validate(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        metrics.update(_numbers(trainer.callback_metrics, "val/"))
     if cfg.get("test", True):
-        test_ckpt = best or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
-        trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(_numbers(trainer.callback_metrics, "test/"))
 
     if trainer.is_global_zero:
