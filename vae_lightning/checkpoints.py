@@ -1,4 +1,8 @@
-"""Find a trained VAE and load it safely.
+"""Write checkpoints that survive ``kill -9``, find a trained VAE and load it safely.
+
+Writing: ``AtomicCheckpointIO`` (temporary file + fsync + rename) for every checkpoint the
+Trainer saves, and the ``Checkpoint`` callback: the best checkpoint by ``val/nelbo`` each
+epoch, ``last.ckpt`` each epoch and every ``every_n_train_steps`` steps.
 
 ``ckpt_path`` may be a ``.ckpt`` file, a run directory of ``train.py`` (its best
 checkpoint ``checkpoints/epoch_*.ckpt``, else ``checkpoints/last.ckpt``) or a multirun job
@@ -8,15 +12,19 @@ network classes a checkpoint names must be ``nn.Module``s (see ``vae_lightning.m
 Every way a path can be wrong becomes a ``CheckpointError`` naming the file and the fix.
 """
 
+import os
 import pickle
 import re
 import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from vae_lightning.errors import CheckpointError
+from vae_lightning.errors import CheckpointError, ConfigError
 from vae_lightning.module import VAE
 
 REQUIRED_HPARAMS = ("encoder", "decoder", "image_shape", "latent_dim")
@@ -24,6 +32,75 @@ FIX = (
     "  fix: point ckpt_path at a .ckpt file written by train.py, or at its run directory "
     "(logs/train/runs/<time>/ or logs/train/multiruns/<time>/<job>/)."
 )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in the same directory, flushed to disk and
+    renamed over the target: a killed process leaves either the old file or the new one,
+    never half of one. Loading is always ``weights_only=True``: a checkpoint carrying a
+    pickled callable is refused instead of run."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed process
+            stale.unlink(missing_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Checkpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``every_n_train_steps`` only refreshes ``last.ckpt``.
+
+    The best checkpoints are still chosen once per validation (``monitor``), while
+    ``last.ckpt`` is also rewritten every ``every_n_train_steps`` optimizer steps, so a
+    killed run loses at most that many steps (``python train.py ckpt_path=<run_dir>``).
+    """
+
+    def __init__(self, *args: Any, every_n_train_steps: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if every_n_train_steps is not None and every_n_train_steps < 0:
+            raise ConfigError(
+                f"callbacks.checkpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}"
+            )
+        self.last_every_n_train_steps = int(every_n_train_steps or 0)
+        self._last_step_saved = -1  # our own record: ModelCheckpoint's would skip the epoch-end save
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, *args, **kwargs)
+        every, step = self.last_every_n_train_steps, trainer.global_step
+        if every and step and step % every == 0 and step != self._last_step_saved:
+            path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+            trainer.save_checkpoint(path)
+            self._last_step_saved = step
+            self.last_model_path = str(path)  # ours: the epoch-end save rewrites it, no last-v1.ckpt
 
 
 def run_dir_of(ckpt: Path) -> Path:
@@ -39,8 +116,8 @@ def _recorded_best(folder: Path) -> Path | None:
     except CheckpointError:
         return None
     callbacks = state.get("callbacks", {}) if isinstance(state, dict) else {}
-    for key, value in callbacks.items() if isinstance(callbacks, dict) else ():
-        if str(key).startswith("ModelCheckpoint") and isinstance(value, dict):
+    for value in callbacks.values() if isinstance(callbacks, dict) else ():
+        if isinstance(value, dict) and "best_model_path" in value:
             best = folder / Path(str(value.get("best_model_path", ""))).name
             if best.suffix == ".ckpt" and best.is_file():
                 return best

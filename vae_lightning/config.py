@@ -1,8 +1,13 @@
-"""OmegaConf resolvers used by ``conf/`` (registered when ``vae_lightning`` is imported)."""
+"""Config plumbing for ``conf/``: the ``repo_root`` resolver (registered when ``vae_lightning``
+is imported), ``logger=null`` overrides and the Hydra callback that checks the run directory."""
 
+import os
+import sys
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -23,3 +28,30 @@ def null_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str
         key, sep, value = arg.partition("=")
         out.append(f"~{key}" if sep and value == "null" and key in groups else arg)
     return out
+
+
+class OutputDirCheck(Callback):
+    """Hydra callback: create the run (or sweep) directory before anything else, so that an
+    unwritable ``hydra.run.dir`` / ``paths.log_dir`` is one clear error, not a traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _make_output_dir(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _make_output_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+def _make_output_dir(path: str, key: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        probe = Path(path) / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        print(
+            f"error: cannot write the run directory {path} ({err.strerror or err}).\n"
+            f"  fix: choose a writable place with paths.log_dir=/some/writable/dir (or {key}=...)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(2) from None

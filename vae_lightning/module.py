@@ -5,6 +5,7 @@ checkpoint rebuilds its model with ``VAE.load_from_checkpoint(path)`` and nothin
 
 import importlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -23,6 +24,7 @@ from vae_lightning.metrics import (
     importance_weighted_nll,
 )
 from vae_lightning.objectives import Objective, gaussian_kl, log_importance_weights
+from vae_lightning.stability import StepGuard, TrainingDiverged, poison_if_nonfinite
 
 STAGES = ("val", "test")
 LOGVAR_RANGE = (-30.0, 20.0)  # σ in [3e-7, 2e4]: wide, but exp() never overflows
@@ -51,7 +53,13 @@ def _build(cfg: Mapping[str, Any], base: type, what: str, **kwargs: Any) -> Any:
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ConfigError(f"{what}._target_={target!r} is not a {base.__module__}.{base.__name__}")
     args = {key: value for key, value in cfg.items() if not key.startswith("_")}
-    return cls(**args, **kwargs)
+    try:
+        return cls(**args, **kwargs)
+    except (TypeError, ValueError) as err:  # "Invalid learning rate: -1", an unknown keyword ...
+        if isinstance(err, ConfigError):
+            raise
+        keys = ", ".join(f"{what}.{key}" for key in args) or "none"
+        raise ConfigError(f"{what} ({name}) rejected its settings: {err}; check {keys}") from None
 
 
 class VAE(L.LightningModule):
@@ -68,6 +76,10 @@ class VAE(L.LightningModule):
             ``likelihood_sigma`` and ``likelihood_mixtures`` configure the last two.
         beta, kl_warmup_steps, free_bits, iw_samples: the training objective (objectives.py).
         optimizer: config of a ``torch.optim.Optimizer`` (``params`` is passed in).
+        scheduler: optional config of a ``torch.optim.lr_scheduler.LRScheduler``, stepped
+            every optimizer step; ``total_steps`` / ``T_max`` are filled in from the Trainer.
+        skip_grad_norm, max_skipped_steps: steps with a non-finite loss or gradient norm (or
+            a norm above ``skip_grad_norm``) are skipped; so many in a row stop the run.
         eval_iw_samples: k of the importance-weighted ``test/nll``.
         iw_max_images: images decoded at once while estimating ``test/nll``.
         fid, fid_samples: compute ``test/fid`` on this many prior samples (needs ``.[fid]``).
@@ -87,6 +99,9 @@ class VAE(L.LightningModule):
         free_bits: float = 0.0,
         iw_samples: int = 1,
         optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        skip_grad_norm: float | None = None,
+        max_skipped_steps: int = 20,
         eval_iw_samples: int = 1000,
         iw_max_images: int = 2048,
         fid: bool = False,
@@ -105,6 +120,7 @@ class VAE(L.LightningModule):
             likelihood, self.image_shape, likelihood_sigma, likelihood_mixtures
         )
         self.objective = Objective(beta, kl_warmup_steps, free_bits, iw_samples)
+        self.guard = StepGuard(skip_grad_norm, max_skipped_steps)
         net_args = {"image_shape": self.image_shape, "latent_dim": self.latent_dim}
         self.encoder = _build(hparams["encoder"], nn.Module, "model.encoder", **net_args)
         out_channels = self.image_shape[0] * self.likelihood.params_per_channel
@@ -126,7 +142,7 @@ class VAE(L.LightningModule):
     # --- the probabilistic model -------------------------------------------------------
     def posterior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """μ and log σ² of q(z|x), each ``(B, latent_dim)``."""
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        mu, logvar = self.encoder(x).float().chunk(2, dim=1)  # KL in float32 under mixed precision
         return mu, logvar.clamp(*LOGVAR_RANGE)
 
     def encode(self, x: torch.Tensor) -> Distribution:
@@ -136,7 +152,7 @@ class VAE(L.LightningModule):
 
     def decode(self, z: torch.Tensor) -> Distribution:
         """p(x|z) for latents ``(B, latent_dim)``: batch ``(B,)``, event ``(C, H, W)``."""
-        return self.likelihood(self.decoder(z))
+        return self.likelihood(self.decoder(z).float())  # log p(x|z) in float32 under mixed precision
 
     def prior(self) -> Distribution:
         """p(z) = N(0, I), event ``(latent_dim,)``."""
@@ -205,7 +221,32 @@ class VAE(L.LightningModule):
         self.log("train/loss", terms["loss"], prog_bar=True, on_epoch=True)
         self.log_dict({f"train/{k}": terms[k].mean() for k in self.terms[1:]}, on_epoch=True)
         self.log("train/beta", self.objective.beta_at(self.global_step))
-        return terms["loss"]
+        return poison_if_nonfinite(terms["loss"])  # NaN gradients: StepGuard skips the step
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the step (gradients set to None) when its gradient is not finite."""
+        try:
+            norm, _ = self.guard.check(self.parameters(), self.global_step)
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"{err}.\n  {self._save_last_good_state()}") from None
+        self.log("train/grad_norm", norm)
+        self.log("train/skipped_steps", float(self.guard.skipped))
+
+    def _save_last_good_state(self) -> str:
+        """Checkpoint the weights of the last good step (skipped steps changed nothing)."""
+        callback = self.trainer.checkpoint_callback
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+        if folder is None:
+            return "No checkpoint was written (no checkpoint callback)."
+        path = folder / "last.ckpt"
+        self.trainer.save_checkpoint(path)
+        return f"The weights of the last good step are in {path}; resume with ckpt_path={path}"
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_steps"] = self.guard.skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.guard.skipped = int(checkpoint.get("skipped_steps", 0))
 
     def _eval_step(self, batch: Any, stage: str) -> None:
         terms = self._shared_step(batch, stage)
@@ -254,6 +295,15 @@ class VAE(L.LightningModule):
                 f"{self.likelihood.name} only covers [{lo}, {hi}]; choose another likelihood"
             )
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        optimizer = self.hparams.optimizer
-        return _build(optimizer, torch.optim.Optimizer, "model.optimizer", params=self.parameters())
+    def configure_optimizers(self) -> Any:
+        params = self.parameters()
+        optimizer = _build(self.hparams.optimizer, torch.optim.Optimizer, "model.optimizer", params=params)
+        if not self.hparams.scheduler:
+            return optimizer
+        cfg = dict(self.hparams.scheduler)
+        total = self.trainer.estimated_stepping_batches  # optimizer steps of the whole fit
+        for key in ("total_steps", "T_max"):  # OneCycleLR, CosineAnnealingLR: the whole run
+            if cfg.get(key) == "auto":
+                cfg[key] = int(total)
+        scheduler = _build(cfg, torch.optim.lr_scheduler.LRScheduler, "model.scheduler", optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

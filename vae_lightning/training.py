@@ -8,13 +8,30 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
-from vae_lightning.checkpoints import check_vae_checkpoint, load_vae, read_checkpoint, resolve_checkpoint
+from vae_lightning.checkpoints import (
+    AtomicCheckpointIO,
+    check_vae_checkpoint,
+    load_vae,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from vae_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class _DropAdvertisements(logging.Filter):
+    """Lightning prints a tip about a cloud logger at every Trainer start: noise in our logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisements())
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -36,6 +53,31 @@ def _numbers(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items() if key.startswith(prefix)}
 
 
+def check_devices(trainer: DictConfig) -> None:
+    """A clear error when ``trainer.devices`` / ``trainer.accelerator`` ask for GPUs that
+    this machine does not have (instead of Lightning's, or of silently running N CPU
+    processes because ``accelerator=auto`` found no GPU)."""
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, ListConfig | list):
+        wanted = len(devices)
+    else:
+        wanted = int(devices) if str(devices).isdigit() else None  # "auto" and -1: all there are
+    gpus = torch.cuda.device_count()
+    if accelerator in ("gpu", "cuda") and gpus == 0:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but this machine has no CUDA GPU "
+            "(torch.cuda.is_available() is False).\n  fix: trainer=cpu, or trainer.accelerator=auto"
+        )
+    if accelerator in ("gpu", "cuda", "auto") and wanted is not None and wanted > max(gpus, 1):
+        have = f"only {gpus} GPU{'s' if gpus > 1 else ''}" if gpus else "no GPU"
+        raise ConfigError(
+            f"trainer.devices={wanted} asks for {wanted} devices, but this machine has {have}.\n"
+            f"  fix: trainer.devices={max(gpus, 1)}, or trainer.accelerator=cpu trainer.devices={wanted} "
+            f"to run DDP over {wanted} CPU processes"
+        )
+
+
 def resume_checkpoint(path: str) -> str:
     """The file to resume from: ``path`` itself, or a run directory's ``checkpoints/last.ckpt``;
     checked to be a VAE checkpoint (a clear error) before Lightning reads it."""
@@ -54,16 +96,22 @@ def train(cfg: DictConfig) -> float | None:
     fit, ckpt_path = cfg.get("train", True), cfg.get("ckpt_path")
     if not fit and not ckpt_path:
         raise ConfigError("train=false evaluates a trained model: give ckpt_path=<checkpoint or run dir>")
+    check_devices(cfg.trainer)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model) if fit else load_vae(resolve_checkpoint(ckpt_path))
     callbacks, loggers = _instantiate_all(cfg.get("callbacks")), _instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
+    )
 
     metrics: dict[str, float] = {}
     best = ""
     if fit:
         trainer.fit(
-            model, datamodule=datamodule, ckpt_path=resume_checkpoint(ckpt_path) if ckpt_path else None
+            model,
+            datamodule=datamodule,
+            ckpt_path=resume_checkpoint(ckpt_path) if ckpt_path else None,
+            weights_only=True,
         )
         metrics.update(_numbers(trainer.callback_metrics, "val/"))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -1,0 +1,42 @@
+"""Test-only Lightning callbacks, instantiated from config overrides such as
+``+callbacks.inject._target_=hooks.InjectNonFinite`` (``tests/`` is on ``sys.path``)."""
+
+import math
+import time
+
+import lightning as L
+
+
+class InjectNonFinite(L.Callback):
+    """Fill the training batch with NaN at optimizer step ``step`` (and every later step
+    when ``forever``): the loss of that step is then NaN."""
+
+    def __init__(self, step: int, forever: bool = False):
+        self.step, self.forever = step, forever
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step or (self.forever and trainer.global_step >= self.step):
+            batch[0].fill_(math.nan)
+
+
+class DropStep(L.Callback):
+    """The reference for InjectNonFinite: step ``step`` runs as usual (same random draws)
+    but its gradients are dropped, so the optimizer does not update anything."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == self.step:
+            for p in pl_module.parameters():
+                p.grad = None
+
+
+class SlowSteps(L.Callback):
+    """Sleep after each training batch, so that a test can kill a run mid-epoch."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        time.sleep(self.seconds)

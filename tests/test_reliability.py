@@ -1,0 +1,172 @@
+"""Training that survives non-finite steps and kill -9 (issue: reliability)."""
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+
+from vae_lightning.checkpoints import AtomicCheckpointIO, check_vae_checkpoint, read_checkpoint
+from vae_lightning.errors import ConfigError
+from vae_lightning.stability import StepGuard, TrainingDiverged, poison_if_nonfinite
+from vae_lightning.training import train
+
+QUIET = ["logger=csv", "test=false", "data.batch_size=32", "trainer.max_epochs=1"]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["state_dict"]
+
+
+def test_poisoned_loss_makes_every_gradient_nan_and_the_guard_skips_it():
+    w = torch.nn.Parameter(torch.ones(3))
+    poison_if_nonfinite((w * torch.tensor([1.0, 0.0, math.inf])).sum()).backward()
+    assert torch.isnan(w.grad).all()  # even the entry whose own gradient would be 0
+    guard = StepGuard(max_skipped_steps=2)
+    norm, skipped = guard.check([w], step=7)
+    assert skipped and w.grad is None and guard.skipped == 1 and math.isnan(norm)
+    w.grad = torch.full((3,), 2.0)
+    norm, skipped = guard.check([w], step=8)
+    assert not skipped and norm.item() == pytest.approx(math.sqrt(12)) and guard.consecutive == 0
+    limited = StepGuard(skip_grad_norm=1.0)
+    w.grad = torch.full((3,), 2.0)
+    assert limited.check([w], step=9)[1] and w.grad is None
+    for _ in range(2):
+        w.grad = torch.full((3,), math.nan)
+        try:
+            guard.check([w], step=10)
+        except TrainingDiverged as err:
+            assert "2 consecutive steps had a non-finite loss or gradient" in str(err)
+    assert guard.consecutive == 2
+    with pytest.raises(ConfigError, match="model.max_skipped_steps must be >= 1"):
+        StepGuard(max_skipped_steps=0)
+    with pytest.raises(ConfigError, match="model.skip_grad_norm must be > 0"):
+        StepGuard(skip_grad_norm=-1.0)
+
+
+def test_a_nan_step_is_skipped_exactly_like_a_dropped_step(make_cfg, tmp_path):
+    """Same seed, same data: injecting NaN at step 3 ends with the same weights as a run
+    in which step 3 ran but updated nothing; the optimizer state is not corrupted."""
+    runs = {}
+    for name, hook in (("nan", "InjectNonFinite"), ("reference", "DropStep")):
+        out = tmp_path / name
+        train(
+            make_cfg(
+                *QUIET,
+                f"paths.output_dir={out}",
+                f"+callbacks.hook._target_=hooks.{hook}",
+                "+callbacks.hook.step=3",
+            )
+        )
+        runs[name] = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    nan, ref = runs["nan"], runs["reference"]
+    assert nan["global_step"] == ref["global_step"] > 3
+    assert nan["skipped_steps"] == 1 and ref["skipped_steps"] == 0
+    for key, value in ref["state_dict"].items():
+        assert torch.isfinite(nan["state_dict"][key]).all(), key
+        assert torch.equal(nan["state_dict"][key], value), key  # CPU, one process: bit-identical
+    adam_nan, adam_ref = nan["optimizer_states"][0]["state"], ref["optimizer_states"][0]["state"]
+    for index, state in adam_ref.items():
+        assert torch.equal(adam_nan[index]["exp_avg_sq"], state["exp_avg_sq"])
+        assert float(adam_nan[index]["step"]) == float(state["step"]) == ref["global_step"] - 1
+
+
+def test_too_many_skips_stop_with_a_message_and_the_last_good_weights(make_cfg, tmp_path):
+    cfg = make_cfg(
+        *QUIET,
+        "+callbacks.hook._target_=hooks.InjectNonFinite",
+        "+callbacks.hook.step=2",
+        "+callbacks.hook.forever=true",
+        "model.max_skipped_steps=3",
+        "callbacks.checkpoint.every_n_train_steps=1",
+    )
+    with pytest.raises(TrainingDiverged) as err:
+        train(cfg)
+    message = str(err.value)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert "training stopped at step 4: 3 consecutive steps had a non-finite loss" in message
+    assert f"The weights of the last good step are in {last}" in message
+    saved = read_checkpoint(last)
+    check_vae_checkpoint(saved, last)
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+    # the steps after step 2 changed nothing: equal to what the step-2 checkpoint had
+    assert saved["skipped_steps"] == 3
+
+
+def test_checkpoint_write_interrupted_midway_keeps_the_old_file(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, target)
+    before = target.read_bytes()
+
+    def dies_halfway(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # like a kill during the write
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(2)}}, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temporary left over
+    assert torch.equal(io.load_checkpoint(target)["state_dict"]["w"], torch.ones(2))
+
+
+def run_train(*overrides: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *overrides],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_kill_9_mid_epoch_then_resume_and_finish(tiny_mnist, tmp_path):
+    run = tmp_path / "run"
+    common = [
+        f"paths.data_dir={tiny_mnist}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"hydra.run.dir={run}",
+        "data.val_size=64",
+        "data.batch_size=8",  # 56 steps per epoch
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=2",
+        "model.eval_iw_samples=4",
+        "callbacks.checkpoint.every_n_train_steps=5",
+        "logger=csv",
+    ]
+    proc = run_train(*common, "+callbacks.slow._target_=hooks.SlowSteps", "+callbacks.slow.seconds=0.05")
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not last.exists():
+        proc.kill()
+        pytest.fail(f"no step checkpoint within 240 s: {proc.communicate()[1][-3000:]}")
+    time.sleep(random.uniform(0.1, 0.6))  # somewhere in the next steps, maybe during a save
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = read_checkpoint(last)  # complete: never half a file
+    check_vae_checkpoint(saved, last)
+    killed_at = saved["global_step"]
+    assert 5 <= killed_at < 56 and killed_at % 5 == 0  # a step checkpoint, mid-epoch
+    resumed = run_train(*common, f"ckpt_path={run}")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    assert (run / "metrics.json").is_file()
+    final = read_checkpoint(last)
+    # it went on from the step checkpoint: 2 epochs of 56 steps in all, not 2 more epochs
+    assert final["epoch"] == 1 and final["global_step"] == 2 * 56
+    assert not list(last.parent.glob(".*.tmp"))  # a temporary of the killed save is cleaned up

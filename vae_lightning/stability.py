@@ -1,0 +1,89 @@
+"""Training a lab can leave running for days: a step with a non-finite loss or gradient is
+skipped instead of poisoning the weights and Adam's moments, and a run that cannot make
+progress any more stops with a clear message (checkpoints: ``vae_lightning.checkpoints``).
+"""
+
+import logging
+import math
+from collections.abc import Iterable
+
+import torch
+
+from vae_lightning.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError, RuntimeError):
+    """Too many consecutive steps were skipped: the run cannot make progress."""
+
+
+def poison_if_nonfinite(loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` unchanged when finite, else NaN in a way that makes *every* gradient NaN.
+
+    Without a host sync: the decision is taken on the gradients (``StepGuard.check``), which
+    DDP has already averaged, so all ranks skip the same steps.
+    """
+    one = torch.ones((), device=loss.device, dtype=loss.dtype)
+    return loss * torch.where(torch.isfinite(loss.detach()), one, one * math.nan)
+
+
+def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+    """The global L2 norm of the gradients (0 when there are none)."""
+    norms = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+    if not norms:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+class StepGuard:
+    """Decides, after ``backward`` and before the optimizer step, whether to skip the step.
+
+    A step is skipped when the gradient norm is not finite (a non-finite loss is made to
+    give NaN gradients by ``poison_if_nonfinite``) or exceeds ``skip_grad_norm``. Skipping
+    sets every gradient to ``None``: torch optimizers then leave those parameters *and their
+    state* (Adam's moments and step count) untouched. After ``max_skipped_steps``
+    consecutive skips ``TrainingDiverged`` is raised.
+    """
+
+    def __init__(self, skip_grad_norm: float | None = None, max_skipped_steps: int = 20):
+        if skip_grad_norm is not None and not skip_grad_norm > 0:
+            raise ConfigError(f"model.skip_grad_norm must be > 0 (null: no limit), got {skip_grad_norm}")
+        if max_skipped_steps < 1:
+            raise ConfigError(f"model.max_skipped_steps must be >= 1, got {max_skipped_steps}")
+        self.skip_grad_norm = skip_grad_norm
+        self.max_skipped_steps = int(max_skipped_steps)
+        self.skipped = 0  # in this process's lifetime
+        self.consecutive = 0
+
+    def check(self, parameters: Iterable[torch.nn.Parameter], step: int) -> tuple[torch.Tensor, bool]:
+        """(gradient norm, skipped?) for the step about to be taken; one host sync."""
+        params = [p for p in parameters if p.grad is not None]
+        norm = gradient_norm(params)
+        bad = ~torch.isfinite(norm)
+        if self.skip_grad_norm is not None:
+            bad = bad | (norm > self.skip_grad_norm)
+        if not bool(bad):
+            self.consecutive = 0
+            return norm, False
+        for p in params:
+            p.grad = None
+        self.skipped += 1
+        self.consecutive += 1
+        log.warning(
+            "step %d skipped: gradient norm %s%s (%d skipped so far, %d in a row)",
+            step,
+            f"{float(norm):.4g}",
+            "" if self.skip_grad_norm is None else f", limit model.skip_grad_norm={self.skip_grad_norm}",
+            self.skipped,
+            self.consecutive,
+        )
+        if self.consecutive >= self.max_skipped_steps:
+            limit = "" if self.skip_grad_norm is None else f" (or a norm above {self.skip_grad_norm})"
+            raise TrainingDiverged(
+                f"training stopped at step {step}: {self.consecutive} consecutive steps had a non-finite "
+                f"loss or gradient{limit}. Lower model.optimizer.lr, clip gradients "
+                "(trainer.gradient_clip_val), check the data, or allow more with "
+                f"model.max_skipped_steps (now {self.max_skipped_steps})"
+            )
+        return norm, True
