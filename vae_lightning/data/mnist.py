@@ -103,8 +103,9 @@ class MNISTDataModule(BatchedImageDataModule):
         return None
 
     def prepare_data(self) -> None:
-        """Download the files when asked and missing (``setup`` reports missing files)."""
-        if self.download and self._fallback() is None:
+        """Download the files when asked and missing (``setup`` reports missing or corrupt files)."""
+        present = all((self.raw_dir / name).is_file() for name in self.file_names)
+        if self.download and not present and self._fallback() is None:
             try:
                 self.dataset_cls(str(self.data_dir), train=True, download=True)
                 self.dataset_cls(str(self.data_dir), train=False, download=True)
