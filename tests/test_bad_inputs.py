@@ -54,7 +54,7 @@ def fails(make_cfg, capsys):
         ("+model.encoder.widht=3", "unexpected keyword argument 'widht'; check model.encoder.hidden_dims"),
         ("model.max_skipped_steps=0", "model.max_skipped_steps must be >= 1, got 0"),
         ("callbacks.checkpoint.every_n_train_steps=-1", "every_n_train_steps must be >= 0, got -1"),
-        ("trainer.accelerator=auto trainer.devices=4", "trainer.devices=4 asks for 4 devices, but this machine has no GPU"),
+        ("trainer.accelerator=auto trainer.devices=4", "trainer.devices=4 asks for 4 devices, but this"),
         ("trainer.accelerator=gpu", "trainer.accelerator=gpu but this machine has no CUDA GPU"),
     ],
 )

@@ -9,12 +9,12 @@ from torch import nn
 from vae_lightning.networks.checks import check_image_shape, check_input
 
 
-def _mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them (none after the last)."""
+def mlp(sizes: Sequence[int], last_activation: bool = False) -> nn.Sequential:
+    """Linear layers through ``sizes`` with ReLUs between them (and after the last if asked)."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
+        if last_activation or i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
@@ -25,7 +25,7 @@ class MLPEncoder(nn.Module):
     def __init__(self, image_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int] = (512, 256)):
         super().__init__()
         self.image_shape = check_image_shape(image_shape)
-        self.net = _mlp([prod(self.image_shape), *hidden_dims, 2 * latent_dim])
+        self.net = mlp([prod(self.image_shape), *hidden_dims, 2 * latent_dim])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.image_shape, type(self).__name__)
@@ -46,7 +46,7 @@ class MLPDecoder(nn.Module):
         _, h, w = check_image_shape(image_shape)
         self.latent_dim = latent_dim
         self.out_shape = (out_channels, h, w)
-        self.net = _mlp([latent_dim, *hidden_dims, prod(self.out_shape)])
+        self.net = mlp([latent_dim, *hidden_dims, prod(self.out_shape)])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         check_input(z, (self.latent_dim,), type(self).__name__)
