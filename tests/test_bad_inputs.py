@@ -108,7 +108,7 @@ def test_celeba_partition_naming_absent_images(fails, tmp_path):
 
 
 def test_bad_checkpoints_and_an_intact_run(fails, make_cfg, tmp_path):
-    train(make_cfg("trainer.max_epochs=1", "test=false", "logger=csv"))
+    train(make_cfg("trainer.max_epochs=1", "test=false"))
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
     before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}

@@ -18,7 +18,7 @@ from vae_lightning.errors import ConfigError
 from vae_lightning.stability import StepGuard, TrainingDiverged, poison_if_nonfinite
 from vae_lightning.training import train
 
-QUIET = ["logger=csv", "test=false", "data.batch_size=32", "trainer.max_epochs=1"]
+QUIET = ["test=false", "data.batch_size=32", "trainer.max_epochs=1"]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

@@ -98,7 +98,7 @@ class Checkpoint(ModelCheckpoint):
         every, step = self.last_every_n_train_steps, trainer.global_step
         if every and step and step % every == 0 and step != self._last_step_saved:
             path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # full state: resumable
             self._last_step_saved = step
             self.last_model_path = str(path)  # ours: the epoch-end save rewrites it, no last-v1.ckpt
 

@@ -218,8 +218,8 @@ class VAE(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         terms = self._shared_step(batch, "train")
-        self.log("train/loss", terms["loss"], prog_bar=True, on_epoch=True)
-        self.log_dict({f"train/{k}": terms[k].mean() for k in self.terms[1:]}, on_epoch=True)
+        self.log("train/loss", terms["loss"], prog_bar=True)  # per step: the curves of the run
+        self.log_dict({f"train/{k}": terms[k].mean() for k in self.terms[1:]})
         self.log("train/beta", self.objective.beta_at(self.global_step))
         return poison_if_nonfinite(terms["loss"])  # NaN gradients: StepGuard skips the step
 
@@ -230,6 +230,7 @@ class VAE(L.LightningModule):
         except TrainingDiverged as err:
             raise TrainingDiverged(f"{err}.\n  {self._save_last_good_state()}") from None
         self.log("train/grad_norm", norm)
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
         self.log("train/skipped_steps", float(self.guard.skipped))
 
     def _save_last_good_state(self) -> str:
@@ -239,7 +240,7 @@ class VAE(L.LightningModule):
         if folder is None:
             return "No checkpoint was written (no checkpoint callback)."
         path = folder / "last.ckpt"
-        self.trainer.save_checkpoint(path)
+        self.trainer.save_checkpoint(path, weights_only=False)
         return f"The weights of the last good step are in {path}; resume with ckpt_path={path}"
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vae_lightning.checkpoints import (
     AtomicCheckpointIO,
@@ -20,6 +20,8 @@ from vae_lightning.checkpoints import (
     resolve_checkpoint,
 )
 from vae_lightning.errors import ConfigError
+from vae_lightning.loggers import finish_wandb, scrub
+from vae_lightning.report import MetricHistory, write_report
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,8 @@ def resume_checkpoint(path: str) -> str:
 def train(cfg: DictConfig) -> float | None:
     """Train and test as ``cfg`` says; return ``val/nelbo`` of the best checkpoint (what a
     sweeper minimises), or None when there was no validation. ``train=false`` evaluates the
-    model of ``ckpt_path`` (built from its own hyper-parameters)."""
+    model of ``ckpt_path`` (built from its own hyper-parameters). Every run ends its W&B run
+    and writes ``report.png``, also when it fails."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     fit, ckpt_path = cfg.get("train", True), cfg.get("ckpt_path")
@@ -100,10 +103,27 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model) if fit else load_vae(resolve_checkpoint(ckpt_path))
     callbacks, loggers = _instantiate_all(cfg.get("callbacks")), _instantiate_all(cfg.get("logger"))
+    run_dir = Path(cfg.paths.output_dir)
+    for logger in loggers:  # the whole composed config, without secrets
+        logger.log_hyperparams(scrub(OmegaConf.to_container(cfg, resolve=True)))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=[*loggers, MetricHistory(str(run_dir))],
+        plugins=[AtomicCheckpointIO()],
     )
+    failed = True
+    try:
+        metrics = _fit_and_test(cfg, trainer, model, datamodule, fit, ckpt_path)
+        failed = False
+    finally:
+        finish_wandb(loggers, failed)
+        if trainer.is_global_zero:
+            _write_report(run_dir)
+    return metrics.get("val/nelbo")
 
+
+def _fit_and_test(cfg, trainer, model, datamodule, fit: bool, ckpt_path: str | None) -> dict[str, float]:
     metrics: dict[str, float] = {}
     best = ""
     if fit:
@@ -116,15 +136,24 @@ def train(cfg: DictConfig) -> float | None:
         metrics.update(_numbers(trainer.callback_metrics, "val/"))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:  # every val/* number of the checkpoint that is tested, not of the last epoch
+        loggers, trainer.loggers = trainer.loggers, []  # not a new point on the curves
         trainer.validate(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        trainer.loggers = loggers
         metrics.update(_numbers(trainer.callback_metrics, "val/"))
     if cfg.get("test", True):
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(_numbers(trainer.callback_metrics, "test/"))
-
     if trainer.is_global_zero:
         path = Path(cfg.paths.output_dir) / "metrics.json"
         write_json(path, metrics)
         log.info("Best checkpoint: %s", best or "(none)")
         log.info("Final metrics (nats per image) in %s:\n%s", path, json.dumps(metrics, indent=2))
-    return metrics.get("val/nelbo")
+    return metrics
+
+
+def _write_report(run_dir: Path) -> None:
+    """report.png; a failure to draw it is a warning, never the run's error."""
+    try:
+        log.info("Report: %s", write_report(run_dir))
+    except Exception as err:  # matplotlib missing, disk full ...
+        log.warning("could not write %s/report.png: %s", run_dir, err)

@@ -1,0 +1,183 @@
+"""Pictures of what the model learned, during training, for any logger.
+
+``ImagePanels`` draws, every ``every_n_epochs`` validation epochs, on a fixed validation
+batch and with fixed noise (so that panels are comparable across epochs): input vs
+reconstruction, prior samples, interpolations between validation images, traversals of
+the most informative latent dimensions, a 2-D map of the posterior means coloured by class
+(labelled data), and the decoded manifold (2-D latent space). Every panel is written to
+``<run_dir>/images/<panel>/epoch_NNN.png`` and sent to the W&B and TensorBoard loggers. All
+generation goes through ``vae_lightning.sampling``, like ``sample.py``. Only rank 0 draws.
+"""
+
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+
+from vae_lightning import sampling
+from vae_lightning.images import encode_png, grid_uint8, to_uint8
+
+log = logging.getLogger(__name__)
+
+
+def _rgb(grid: np.ndarray) -> np.ndarray:
+    """uint8 ``(H, W, 1 or 3)`` -> ``(H, W, 3)``: loggers and viewers all take RGB."""
+    return np.repeat(grid, 3, axis=2) if grid.shape[2] == 1 else grid
+
+
+def panel_image(panel: sampling.Panel) -> np.ndarray:
+    """The grid of a ``sampling.Panel`` as one uint8 RGB image ``(H, W, 3)``."""
+    return _rgb(grid_uint8(to_uint8(panel.images), panel.nrow))
+
+
+def latent_map(z: torch.Tensor, labels: torch.Tensor, dims: tuple[int, int]) -> np.ndarray:
+    """Scatter plot of posterior means ``z[:, dims]`` coloured by ``labels``, as uint8 RGB."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+    points = ax.scatter(z[:, dims[0]], z[:, dims[1]], c=labels, cmap="tab10", s=6, alpha=0.8)
+    ax.set_xlabel(f"z[{dims[0]}]")
+    ax.set_ylabel(f"z[{dims[1]}]")
+    ax.set_title("posterior means E[z|x], validation images")
+    if len(torch.unique(labels)) <= 20:
+        fig.colorbar(points, ax=ax, label="class")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="rgba", dpi=100)
+    width, height = fig.canvas.get_width_height()
+    plt.close(fig)
+    return np.frombuffer(buffer.getvalue(), np.uint8).reshape(height, width, 4)[..., :3].copy()
+
+
+class ImagePanels(L.Callback):
+    """See the module docstring. ``n_images`` validation images are reconstructed (the first
+    ``2 * n_pairs`` of them are interpolated in pairs, the first one is traversed along the
+    ``n_dims`` highest-KL dimensions); ``n_samples`` prior samples; up to ``map_points``
+    validation images go into the latent map."""
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        n_images: int = 16,
+        n_samples: int = 64,
+        n_pairs: int = 4,
+        steps: int = 10,
+        n_dims: int = 8,
+        map_points: int = 2000,
+        seed: int = 0,
+        out_dir: str | None = None,
+    ):
+        if every_n_epochs < 1 or n_images < 2 or n_samples < 1 or steps < 2:
+            raise ValueError(
+                "callbacks.images needs every_n_epochs >= 1, n_images >= 2, n_samples >= 1 and steps >= 2"
+            )
+        self.every_n_epochs, self.n_images, self.n_samples = every_n_epochs, n_images, n_samples
+        self.n_pairs, self.steps, self.n_dims = n_pairs, steps, n_dims
+        self.map_points, self.seed = map_points, seed
+        self.out_dir = Path(out_dir) if out_dir else None
+        self._x: torch.Tensor | None = None  # the fixed validation images, on the CPU
+        self._labels: torch.Tensor | None = None
+
+    def _fixed_images(self, trainer: L.Trainer, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to ``map_points`` preprocessed validation images and labels (read once)."""
+        if self._x is None:
+            dm = trainer.datamodule
+            xs, ys, count = [], [], 0
+            for batch in trainer.val_dataloaders:
+                images, labels = dm.on_after_batch_transfer(dm.transfer_batch_to_device(batch, device, 0), 0)
+                xs.append(images.cpu())
+                ys.append(labels.cpu())
+                count += len(images)
+                if count >= max(self.map_points, self.n_images):
+                    break
+            self._x, self._labels = torch.cat(xs), torch.cat(ys)
+        return self._x, self._labels
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        fitting = trainer.state.fn == TrainerFn.FITTING  # not trainer.validate() after the fit
+        if trainer.sanity_checking or not fitting or not trainer.is_global_zero or not self._due(trainer):
+            return
+        if not trainer.val_dataloaders or trainer.datamodule is None:
+            return
+        x, labels = self._fixed_images(trainer, pl_module.device)
+        with torch.no_grad():
+            panels = self.draw(pl_module, x, labels)
+        folder = self.out_dir or Path(trainer.default_root_dir) / "images"
+        for name, image in panels.items():
+            path = folder / name / f"epoch_{trainer.current_epoch:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(encode_png(image))
+        self._send(trainer, panels)
+
+    def draw(self, model: Any, x: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+        """Every panel for this model, as uint8 RGB images keyed by panel name."""
+        device = sampling.model_device(model)
+        generator = torch.Generator(device=device).manual_seed(self.seed)  # the same noise each time
+        batch = x[: self.n_images]
+        panels = {
+            "reconstructions": panel_image(sampling.reconstructions(model, batch)),
+            "prior_samples": panel_image(sampling.prior_samples(model, self.n_samples, generator)),
+        }
+        pairs = min(self.n_pairs, len(batch) // 2)
+        if pairs:
+            a, b = batch[:pairs], batch[pairs : 2 * pairs]
+            panels["interpolations"] = panel_image(sampling.interpolations(model, a, b, self.steps))
+        order, _ = sampling.rank_latent_dims(model, batch)
+        dims = order[: min(self.n_dims, model.latent_dim)]
+        panels["traversals"] = panel_image(sampling.traversals(model, batch[:1], dims, self.steps))
+        if len(torch.unique(labels)) > 1 and model.latent_dim >= 2:
+            z = sampling.posterior_means(model, x)
+            pair = (0, 1) if model.latent_dim == 2 else (order[0], order[1])
+            panels["latent_map"] = latent_map(z, labels, pair)
+        if model.latent_dim == 2:
+            panels["manifold"] = panel_image(sampling.manifold(model, steps=self.steps * 2))
+        return panels
+
+    @staticmethod
+    def _send(trainer: L.Trainer, panels: dict[str, np.ndarray]) -> None:
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):  # all panels at one W&B step
+                import wandb
+
+                logger.log_metrics({f"images/{n}": wandb.Image(image) for n, image in panels.items()}, step)
+            elif isinstance(logger, TensorBoardLogger):
+                for name, image in panels.items():
+                    logger.experiment.add_image(f"images/{name}", image, step, dataformats="HWC")
+
+
+class Throughput(L.Callback):
+    """``train/images_per_s``: training images per second of wall time, measured over the
+    steps between two logging points (no device sync: queued work is counted when it
+    finishes, so the average over the interval is right)."""
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._images = None, 0  # validation time is not training time
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        if self._start is None:
+            self._start = now  # the first step includes warm-up: start the clock after it
+            return
+        self._images += len(batch[0])
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0 and now > self._start:
+            pl_module.log("train/images_per_s", self._images / (now - self._start))
+            self._start, self._images = now, 0
