@@ -238,7 +238,8 @@ def celeba_cfg(tmp_path, data_dir, *overrides):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(
             "train",
-            overrides=[*paths, *tiny, "data=celeba", "model=conv_vae", "trainer.max_epochs=1", *overrides],
+            overrides=[*paths, *tiny, "data=celeba", "model=conv_vae", "trainer.max_epochs=1", "logger=csv"]
+            + list(overrides),
         )
 
 

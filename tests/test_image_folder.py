@@ -109,6 +109,7 @@ def test_trains_one_epoch_and_reports_the_two_skipped_files(tree, tmp_path, capl
         "data.test_fraction=0.2",
         "model=conv_vae",
         "trainer.max_epochs=1",
+        "logger=csv",
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
