@@ -139,7 +139,7 @@ class ImagePanels(L.Callback):
         order, _ = sampling.rank_latent_dims(model, batch)
         dims = order[: min(self.n_dims, model.latent_dim)]
         panels["traversals"] = panel_image(sampling.traversals(model, batch[:1], dims, self.steps))
-        if len(torch.unique(labels)) > 1 and model.latent_dim >= 2:
+        if labels.dim() == 1 and len(torch.unique(labels)) > 1 and model.latent_dim >= 2:  # classes
             z = sampling.posterior_means(model, x)
             pair = (0, 1) if model.latent_dim == 2 else (order[0], order[1])
             panels["latent_map"] = latent_map(z, labels, pair)
