@@ -72,21 +72,27 @@ class LatentStatistics(Metric):
 
 
 @torch.no_grad()
-def importance_weighted_nll(model, x: torch.Tensor, k: int, max_images: int = 2048) -> torch.Tensor:
+def importance_weighted_nll(
+    model, x: torch.Tensor, k: int, max_images: int = 2048, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """−log p(x) estimated with k importance samples from q(z|x) (Burda et al., 2016).
 
     log p(x) ≈ log (1/k) Σᵢ p(x|zᵢ) p(zᵢ) / q(zᵢ|x),  zᵢ ~ q(z|x).
 
     The k samples are decoded in chunks of at most ``max_images`` images, so memory stays
     bounded for any k. k = 1 is a one-sample ELBO estimate (equal to −ELBO in
-    expectation); the estimate decreases towards −log p(x) as k grows.
+    expectation); the estimate decreases towards −log p(x) as k grows. The noise comes from
+    ``generator`` when one is given.
     Returns ``(B,)`` nats per image.
     """
     if k < 1:
         raise ValueError(f"the number of importance samples must be >= 1, got {k}")
     q = model.encode(x)
     chunk = max(1, max_images // len(x))
-    log_w = [log_importance_weights(model, x, q, min(chunk, k - s), False)[0] for s in range(0, k, chunk)]
+    log_w = [
+        log_importance_weights(model, x, q, min(chunk, k - s), False, generator)[0]
+        for s in range(0, k, chunk)
+    ]
     return -(torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k))
 
 

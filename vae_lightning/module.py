@@ -28,7 +28,7 @@ from vae_lightning.stability import StepGuard, TrainingDiverged, poison_if_nonfi
 
 STAGES = ("val", "test")
 LOGVAR_RANGE = (-30.0, 20.0)  # σ in [3e-7, 2e4]: wide, but exp() never overflows
-EVAL_SEED = 0  # validation and test draw z from a generator reset to this every epoch
+EVAL_SEED = 0  # validation and test noise: a generator seeded from this and the batch's number
 
 
 def _plain(value: Any) -> Any:
@@ -201,20 +201,20 @@ class VAE(L.LightningModule):
         return terms
 
     def _noise(self, mu: torch.Tensor, stage: str) -> torch.Tensor:
-        """ε ~ N(0, I); from a generator reset every epoch for val/test, so their numbers are
-        deterministic (the same checkpoint gives the same val/nelbo every time)."""
+        """ε ~ N(0, I); for val/test from the generator of the batch (``_seed_eval_noise``)."""
         if stage == "train" or self._eval_generator is None:
             return torch.randn_like(mu)
         return torch.randn(mu.shape, generator=self._eval_generator, device=mu.device, dtype=mu.dtype)
 
-    def _reset_eval_generator(self) -> None:
-        self._eval_generator = torch.Generator(device=self.device).manual_seed(EVAL_SEED)
-
-    def on_validation_epoch_start(self) -> None:
-        self._reset_eval_generator()
-
-    def on_test_epoch_start(self) -> None:
-        self._reset_eval_generator()
+    def _seed_eval_noise(self, batch_idx: int) -> None:
+        """Seed the val/test noise from the batch's number in the whole evaluation set, so that
+        a checkpoint gets the same numbers every time and on any number of processes: with
+        DDP, rank r of w evaluates global batches r, r + w, ... (``data.batched``)."""
+        trainer = self._trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if self._eval_generator is None or self._eval_generator.device != self.device:
+            self._eval_generator = torch.Generator(device=self.device)
+        self._eval_generator.manual_seed(EVAL_SEED * 1_000_003 + batch_idx * world + rank)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         terms = self._shared_step(batch, "train")
@@ -249,7 +249,8 @@ class VAE(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.guard.skipped = int(checkpoint.get("skipped_steps", 0))
 
-    def _eval_step(self, batch: Any, stage: str) -> None:
+    def _eval_step(self, batch: Any, batch_idx: int, stage: str) -> None:
+        self._seed_eval_noise(batch_idx)
         terms = self._shared_step(batch, stage)
         terms["loss"] = terms["loss"].expand(len(batch[0]))  # a batch-level objective, per image
         for key in self.terms:
@@ -264,7 +265,7 @@ class VAE(L.LightningModule):
         self.latent_stats[stage].reset()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self._eval_step(batch, batch_idx, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_latent_stats("val")
@@ -274,9 +275,9 @@ class VAE(L.LightningModule):
             self._fid["metric"] = SampleFID(self.hparams.fid_samples).to(self.device)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-        k = self.hparams.eval_iw_samples
-        self.test_nll.update(importance_weighted_nll(self, batch[0], k, self.hparams.iw_max_images))
+        self._eval_step(batch, batch_idx, "test")
+        k, chunk = self.hparams.eval_iw_samples, self.hparams.iw_max_images
+        self.test_nll.update(importance_weighted_nll(self, batch[0], k, chunk, self._eval_generator))
         self.log("test/nll", self.test_nll, prog_bar=True)
         if "metric" in self._fid:
             self._fid["metric"].update_real(batch[0])

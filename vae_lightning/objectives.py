@@ -20,10 +20,23 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
-def log_importance_weights(model, x: torch.Tensor, q, num_samples: int, reparameterize: bool):
+def log_importance_weights(
+    model,
+    x: torch.Tensor,
+    q,
+    num_samples: int,
+    reparameterize: bool,
+    generator: torch.Generator | None = None,
+):
     """log p(x|zᵢ) + log p(zᵢ) − log q(zᵢ|x) for zᵢ ~ q(z|x): ``(num_samples, B)``, and the
-    log p(x|zᵢ) term alone. ``model`` offers ``decode`` and ``prior`` (the VAE's API)."""
-    z = q.rsample((num_samples,)) if reparameterize else q.sample((num_samples,))  # (k, B, D)
+    log p(x|zᵢ) term alone. ``model`` offers ``decode`` and ``prior`` (the VAE's API); the
+    noise comes from ``generator`` when one is given (evaluation), else from torch's RNG."""
+    if generator is not None and not reparameterize:
+        loc, scale = q.base_dist.loc, q.base_dist.scale  # (B, D) of the diagonal Gaussian
+        eps = torch.randn((num_samples, *loc.shape), generator=generator, device=loc.device, dtype=loc.dtype)
+        z = loc + scale * eps  # (k, B, D)
+    else:
+        z = q.rsample((num_samples,)) if reparameterize else q.sample((num_samples,))  # (k, B, D)
     px = model.decode(z.flatten(0, 1))  # batch (k * B,)
     log_px = px.log_prob(x.expand(num_samples, *x.shape).flatten(0, 1)).view(num_samples, len(x))
     return log_px + model.prior().log_prob(z) - q.log_prob(z), log_px

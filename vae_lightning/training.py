@@ -19,6 +19,7 @@ from vae_lightning.checkpoints import (
     read_checkpoint,
     resolve_checkpoint,
 )
+from vae_lightning.distributed import ddp_job
 from vae_lightning.errors import ConfigError
 from vae_lightning.loggers import finish_wandb, scrub
 from vae_lightning.report import MetricHistory, write_report
@@ -114,7 +115,8 @@ def train(cfg: DictConfig) -> float | None:
     )
     failed = True
     try:
-        metrics = _fit_and_test(cfg, trainer, model, datamodule, fit, ckpt_path)
+        with ddp_job():  # DDP processes join this run (and multirun job) directory
+            metrics = _fit_and_test(cfg, trainer, model, datamodule, fit, ckpt_path)
         failed = False
     finally:
         finish_wandb(loggers, failed)

@@ -8,12 +8,13 @@ images may also be a memory-mapped ``.npy`` file (``np.load(path, mmap_mode="r")
 a batch then reads only its own rows from disk.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vae_lightning.errors import ConfigError
 
@@ -98,6 +99,26 @@ def split_dataset(
     return BatchIndexedDataset(torch.cat(chunks), labels[torch.from_numpy(rows)])
 
 
+class EvalShard(DistributedSampler):
+    """Validation/test indices of one DDP rank: whole batches r, r + w, r + 2w, ... of the
+    evaluation order, without the padding of ``DistributedSampler`` (which would count some
+    images twice). Metrics reduce sums and counts, so uneven shards are right; and each
+    batch is the same batch, with the same noise seed, as on one process."""
+
+    def __init__(self, dataset: Any, batch_size: int, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        n = len(dataset)
+        batches = range(rank, -(-n // batch_size), num_replicas)
+        self.indices = [i for b in batches for i in range(b * batch_size, min((b + 1) * batch_size, n))]
+        self.num_samples = self.total_size = len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 class BatchedImageDataModule(L.LightningDataModule):
     """Base class: subclasses fill ``self.splits`` with ``BatchIndexedDataset``s in ``setup``.
 
@@ -144,10 +165,14 @@ class BatchedImageDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if split not in self.splits:
             raise RuntimeError(f"the {split} split is not set up; call setup() first")
+        trainer, sampler = self.trainer, None
+        if not shuffle and trainer is not None and trainer.world_size > 1:  # DDP evaluation
+            sampler = EvalShard(self.splits[split], batch_size, trainer.world_size, trainer.global_rank)
         return DataLoader(
             self.splits[split],
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=keep_batch,
             pin_memory=self.pin_memory,

@@ -1,0 +1,84 @@
+"""DDP under Hydra: one run directory per run (and per multirun job), whatever the number
+of processes.
+
+Lightning starts the other DDP processes by running the script again with the original
+command line plus ``hydra.run.dir=<run dir>``. Under ``-m`` that command line is the whole
+sweep, so every process would start the sweep again (Lightning #11300). Instead, the other
+processes here compose the job's own saved config (``<job dir>/.hydra/config.yaml``, which
+Hydra writes before the job starts) with ``hydra.run.dir=<job dir>`` and no ``.hydra/`` of
+their own: same config, same directory, one job.
+"""
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lightning.fabric.strategies.launchers.subprocess_script as fabric_launcher
+import lightning.pytorch.strategies.launchers.subprocess_script as trainer_launcher
+
+
+def job_child_command(local_rank: int) -> tuple[list[str], str]:
+    """The command and working directory of DDP process ``local_rank`` of this Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd, to_absolute_path
+
+    import __main__
+
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    if __main__.__spec__ is None:
+        command = [sys.executable, to_absolute_path(sys.argv[0])]
+    else:
+        command = [sys.executable, "-m", __main__.__spec__.name]
+    command += [
+        "--config-path",
+        str(job_dir / hc.output_subdir),
+        "--config-name",
+        "config",
+        f"hydra.run.dir={job_dir}",
+        "hydra.output_subdir=null",
+        f"hydra.job.name={hc.job.name}_rank{local_rank}",
+    ]
+    return command, get_original_cwd()
+
+
+def use_job_config_for_ddp_processes() -> None:
+    """Make Lightning start DDP processes with ``job_child_command`` when this process runs
+    inside a Hydra job that saved its config (otherwise Lightning's own command is kept)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return
+    saved = Path(hc.runtime.output_dir) / (hc.output_subdir or "") / "config.yaml"
+    if hc.output_subdir is not None and saved.is_file():
+        for launcher in (fabric_launcher, trainer_launcher):  # each holds its own reference
+            launcher._hydra_subprocess_cmd = job_child_command
+
+
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "RANK")
+
+
+@contextmanager
+def ddp_job() -> Iterator[None]:
+    """One training job's DDP lifetime: its processes join its run directory
+    (``use_job_config_for_ddp_processes``); at the end its process group is closed and the
+    environment variables Lightning set to start its processes are put back, so that the
+    next job of a multirun, in this same process, starts DDP afresh."""
+    before = {key: os.environ.get(key) for key in DDP_ENV}
+    use_job_config_for_ddp_processes()
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
