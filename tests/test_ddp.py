@@ -42,9 +42,9 @@ def test_ddp_run_has_one_directory_and_the_numbers_of_one_process(tiny_mnist, tm
     (run,) = (logs / "train" / "runs").iterdir()  # one run directory, not one per process
     assert [p.parent for p in tmp_path.rglob(".hydra")] == [run]
     assert [p.name for p in tmp_path.rglob("metrics.json")] == ["metrics.json"]
-    assert (run / "checkpoints" / "last.ckpt").is_file() and len(
-        list(run.glob("checkpoints/epoch_*.ckpt"))
-    ) == 1
+    assert (run / "train_rank1.log").is_file()  # the second process wrote into the same directory
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list(run.glob("checkpoints/epoch_*.ckpt"))) == 1
     assert (run / "report.png").is_file() and (run / "images" / "reconstructions" / "epoch_000.png").is_file()
     ddp = json.loads((run / "metrics.json").read_text())
     # the same checkpoint evaluated by one process: every image once, the same noise per batch
