@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from vae_lightning.config import null_group_overrides
+from vae_lightning.config import null_group_overrides, resume_in_run_dir
 from vae_lightning.errors import report_user_errors
 from vae_lightning.training import train
 
@@ -24,4 +24,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     sys.argv = null_group_overrides(sys.argv)  # logger=null means: no logger
+    sys.argv = resume_in_run_dir(sys.argv)  # ckpt_path=<run dir> goes on in that directory
     main()

@@ -91,17 +91,22 @@ class ImagePanels(L.Callback):
     def _fixed_images(self, trainer: L.Trainer, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``map_points`` preprocessed validation images and labels (read once)."""
         if self._x is None:
-            dm = trainer.datamodule
-            xs, ys, count = [], [], 0
-            for batch in trainer.val_dataloaders:
-                images, labels = dm.on_after_batch_transfer(dm.transfer_batch_to_device(batch, device, 0), 0)
-                xs.append(images.cpu())
-                ys.append(labels.cpu())
-                count += len(images)
-                if count >= max(self.map_points, self.n_images):
-                    break
-            self._x, self._labels = torch.cat(xs), torch.cat(ys)
+            with torch.random.fork_rng(devices=[]):  # reading a batch must not shift the run's RNG
+                self._x, self._labels = self._read_images(trainer, device)
         return self._x, self._labels
+
+    def _read_images(self, trainer: L.Trainer, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first validation batches, preprocessed as in validation."""
+        dm = trainer.datamodule
+        xs, ys, count = [], [], 0
+        for batch in trainer.val_dataloaders:
+            images, labels = dm.on_after_batch_transfer(dm.transfer_batch_to_device(batch, device, 0), 0)
+            xs.append(images.cpu())
+            ys.append(labels.cpu())
+            count += len(images)
+            if count >= max(self.map_points, self.n_images):
+                break
+        return torch.cat(xs), torch.cat(ys)
 
     def _due(self, trainer: L.Trainer) -> bool:
         last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)

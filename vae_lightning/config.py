@@ -30,6 +30,20 @@ def null_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str
     return out
 
 
+def resume_in_run_dir(argv: list[str]) -> list[str]:
+    """``ckpt_path=<run dir>`` (training, not ``-m``) -> also ``hydra.run.dir=<run dir>``: a
+    resumed run goes on in its own directory (checkpoints, history, images, W&B run)."""
+    args = dict(arg.partition("=")[::2] for arg in argv[1:] if "=" in arg)
+    ckpt = args.get("ckpt_path", "")
+    multirun = any(arg in ("-m", "--multirun") for arg in argv)
+    if not ckpt or multirun or "hydra.run.dir" in args or args.get("train", "true").lower() == "false":
+        return argv
+    run_dir = Path(ckpt).expanduser()
+    if (run_dir / ".hydra").is_dir() and (run_dir / "checkpoints").is_dir():
+        return [*argv, f"hydra.run.dir={run_dir.resolve()}"]
+    return argv
+
+
 class OutputDirCheck(Callback):
     """Hydra callback: create the run (or sweep) directory before anything else, so that an
     unwritable ``hydra.run.dir`` / ``paths.log_dir`` is one clear error, not a traceback."""

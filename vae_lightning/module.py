@@ -24,7 +24,13 @@ from vae_lightning.metrics import (
     importance_weighted_nll,
 )
 from vae_lightning.objectives import Objective, gaussian_kl, log_importance_weights
-from vae_lightning.stability import StepGuard, TrainingDiverged, poison_if_nonfinite
+from vae_lightning.stability import (
+    StepGuard,
+    TrainingDiverged,
+    poison_if_nonfinite,
+    rng_state,
+    set_rng_state,
+)
 
 STAGES = ("val", "test")
 LOGVAR_RANGE = (-30.0, 20.0)  # σ in [3e-7, 2e4]: wide, but exp() never overflows
@@ -245,9 +251,18 @@ class VAE(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_steps"] = self.guard.skipped
+        checkpoint["rng_state"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.guard.skipped = int(checkpoint.get("skipped_steps", 0))
+        self._resumed_rng = checkpoint.get("rng_state")  # applied when training goes on
+
+    def on_train_epoch_start(self) -> None:
+        """After a resume: the random state of the checkpoint, set just before the epoch
+        draws its data order, so the run goes on as if it had not been interrupted."""
+        if getattr(self, "_resumed_rng", None) is not None:
+            set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
 
     def _eval_step(self, batch: Any, batch_idx: int, stage: str) -> None:
         self._seed_eval_noise(batch_idx)

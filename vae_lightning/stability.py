@@ -5,8 +5,11 @@ progress any more stops with a clear message (checkpoints: ``vae_lightning.check
 
 import logging
 import math
+import random
 from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 import torch
 
 from vae_lightning.errors import ConfigError, UserError
@@ -87,3 +90,26 @@ class StepGuard:
                 f"model.max_skipped_steps (now {self.max_skipped_steps})"
             )
         return norm, True
+
+
+def rng_state() -> dict[str, Any]:
+    """The random state of torch (CPU and CUDA), numpy and Python, in weights_only-safe
+    types: saved in checkpoints so that a resumed run draws the same data order and
+    binarisation noise as an uninterrupted one."""
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

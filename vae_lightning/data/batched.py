@@ -8,6 +8,7 @@ images may also be a memory-mapped ``.npy`` file (``np.load(path, mmap_mode="r")
 a batch then reads only its own rows from disk.
 """
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,14 +166,20 @@ class BatchedImageDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if split not in self.splits:
             raise RuntimeError(f"the {split} split is not set up; call setup() first")
-        trainer, sampler = self.trainer, None
-        if not shuffle and trainer is not None and trainer.world_size > 1:  # DDP evaluation
-            sampler = EvalShard(self.splits[split], batch_size, trainer.world_size, trainer.global_rank)
+        trainer, dataset = self.trainer, self.splits[split]
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the run's seed (seed_everything)
+        if shuffle:  # a permutation of (seed, epoch) only: Lightning calls set_epoch every epoch
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        elif world > 1:  # DDP evaluation
+            sampler = EvalShard(dataset, batch_size, world, rank)
+        else:
+            sampler = None
         return DataLoader(
-            self.splits[split],
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
+            generator=torch.Generator().manual_seed(seed),  # workers' seeds: not from torch's RNG
             num_workers=self.num_workers,
             collate_fn=keep_batch,
             pin_memory=self.pin_memory,
@@ -180,6 +187,8 @@ class BatchedImageDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled every epoch by a sampler seeded from the run's seed and the epoch, so the
+        data order does not depend on torch's global RNG (a resumed run sees the same order)."""
         return self._loader("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -1,0 +1,51 @@
+"""Resume: the same run directory, and the same weights as a run that was not interrupted."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from vae_lightning.checkpoints import read_checkpoint
+from vae_lightning.config import resume_in_run_dir
+from vae_lightning.training import train
+
+RUN = ["test=false", "trainer.max_epochs=2", "data.batch_size=64"]
+
+
+def history_steps(run: Path, key: str) -> list[int]:
+    lines = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    return [row["step"] for row in lines if key in row]
+
+
+def test_two_epochs_interrupted_after_one_equal_two_epochs(make_cfg, tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(make_cfg(*RUN, f"paths.output_dir={whole}"))
+    train(make_cfg(*RUN, f"paths.output_dir={parts}", "trainer.max_epochs=1"))  # "interrupted"
+    train(make_cfg(*RUN, f"paths.output_dir={parts}", f"ckpt_path={parts}"))  # resumed in place
+    a, b = (
+        read_checkpoint(whole / "checkpoints" / "last.ckpt"),
+        read_checkpoint(parts / "checkpoints" / "last.ckpt"),
+    )
+    assert a["global_step"] == b["global_step"] == 2 * 7
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key  # bit-identical on the CPU
+    for key in ("train/loss", "val/nelbo"):  # curves go on without a gap or a repeated step
+        assert history_steps(parts, key) == history_steps(whole, key)
+    assert sorted(p.name for p in (parts / "checkpoints").glob("*.ckpt")) == sorted(
+        p.name for p in (whole / "checkpoints").glob("*.ckpt")
+    )
+
+
+def test_a_run_directory_as_ckpt_path_resumes_in_that_directory(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    argv = ["train.py", f"ckpt_path={run}", "trainer.max_epochs=4"]
+    assert resume_in_run_dir(argv) == [*argv, f"hydra.run.dir={run.resolve()}"]
+    for unchanged in (
+        [*argv, "hydra.run.dir=/elsewhere"],
+        [*argv, "train=false"],
+        ["train.py", "-m", f"ckpt_path={run}"],
+        ["train.py", f"ckpt_path={run}/checkpoints/last.ckpt"],
+    ):
+        assert resume_in_run_dir(unchanged) == unchanged
