@@ -1,14 +1,9 @@
 """DDP for real: 2 CPU processes (gloo) through train.py, alone and inside a multirun."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import REPO
-from test_logging import wandb_records
+from test_logging import train_py, wandb_records
 
 from vae_lightning.training import train
 
@@ -20,20 +15,6 @@ TINY_DDP = [
     "model.eval_iw_samples=8",
     "++trainer.enable_progress_bar=false",
 ]
-
-
-def train_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def test_ddp_run_has_one_directory_and_the_numbers_of_one_process(tiny_mnist, tmp_path, make_cfg):
