@@ -101,10 +101,6 @@ def _pyplot():
     return plt
 
 
-def _train_series(history: dict, term: str) -> tuple[np.ndarray, np.ndarray] | None:
-    return history.get(f"train/{term}")
-
-
 def write_report(run_dir: str | Path) -> Path:
     """``<run_dir>/report.png``: curves, last panels and final numbers of one run."""
     run_dir = Path(run_dir)
@@ -116,7 +112,7 @@ def write_report(run_dir: str | Path) -> Path:
     grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.3])
     for i, term in enumerate(CURVES):
         ax = fig.add_subplot(grid[0, i])
-        train = _train_series(history, term)
+        train = history.get(f"train/{term}")
         if train is not None:
             ax.plot(*train, lw=0.8, alpha=0.7, label=f"train/{term}")
         if f"val/{term}" in history:
