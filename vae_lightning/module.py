@@ -3,17 +3,16 @@ LightningModule. Networks are plain ``nn.Module``s built from config dicts, so a
 checkpoint rebuilds its model with ``VAE.load_from_checkpoint(path)`` and nothing else.
 """
 
-import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
+from vae_lightning.building import build_from_config, plain_config
 from vae_lightning.errors import ConfigError
 from vae_lightning.likelihoods import build_likelihood
 from vae_lightning.metrics import (
@@ -24,6 +23,7 @@ from vae_lightning.metrics import (
     importance_weighted_nll,
 )
 from vae_lightning.objectives import Objective, gaussian_kl, log_importance_weights
+from vae_lightning.speed import apply_speed_options, channels_last_input, compile_networks
 from vae_lightning.stability import (
     StepGuard,
     TrainingDiverged,
@@ -35,37 +35,6 @@ from vae_lightning.stability import (
 STAGES = ("val", "test")
 LOGVAR_RANGE = (-30.0, 20.0)  # σ in [3e-7, 2e4]: wide, but exp() never overflows
 EVAL_SEED = 0  # validation and test noise: a generator seeded from this and the batch's number
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain dicts/lists, so checkpoints load with weights_only=True."""
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def _build(cfg: Mapping[str, Any], base: type, what: str, **kwargs: Any) -> Any:
-    """Construct ``cfg["_target_"]`` with the other keys plus ``kwargs``.
-
-    Only subclasses of ``base`` are built: a checkpoint names its classes as strings, and
-    loading one must never call an arbitrary function.
-    """
-    target = str(cfg.get("_target_"))
-    module_name, _, name = target.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"{what}._target_={target!r} cannot be imported: {err}") from None
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ConfigError(f"{what}._target_={target!r} is not a {base.__module__}.{base.__name__}")
-    args = {key: value for key, value in cfg.items() if not key.startswith("_")}
-    try:
-        return cls(**args, **kwargs)
-    except (TypeError, ValueError) as err:  # "Invalid learning rate: -1", an unknown keyword ...
-        if isinstance(err, ConfigError):
-            raise
-        keys = ", ".join(f"{what}.{key}" for key in args) or "none"
-        raise ConfigError(f"{what} ({name}) rejected its settings: {err}; check {keys}") from None
 
 
 class VAE(L.LightningModule):
@@ -89,6 +58,8 @@ class VAE(L.LightningModule):
         eval_iw_samples: k of the importance-weighted ``test/nll``.
         iw_max_images: images decoded at once while estimating ``test/nll``.
         fid, fid_samples: compute ``test/fid`` on this many prior samples (needs ``.[fid]``).
+        channels_last, compile: speed options of the networks (``speed.py``); ``compile``
+            applies to training only.
     """
 
     def __init__(
@@ -112,9 +83,13 @@ class VAE(L.LightningModule):
         iw_max_images: int = 2048,
         fid: bool = False,
         fid_samples: int = 10000,
+        channels_last: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
-        hparams = {key: _plain(value) for key, value in locals().items() if key not in ("self", "__class__")}
+        hparams = {
+            key: plain_config(value) for key, value in locals().items() if key not in ("self", "__class__")
+        }
         hparams["image_shape"] = [int(s) for s in hparams["image_shape"]]
         hparams["optimizer"] = hparams["optimizer"] or {"_target_": "torch.optim.Adam", "lr": 1e-3}
         for key, low in (("latent_dim", 1), ("eval_iw_samples", 1), ("fid_samples", 1)):
@@ -128,11 +103,12 @@ class VAE(L.LightningModule):
         self.objective = Objective(beta, kl_warmup_steps, free_bits, iw_samples)
         self.guard = StepGuard(skip_grad_norm, max_skipped_steps)
         net_args = {"image_shape": self.image_shape, "latent_dim": self.latent_dim}
-        self.encoder = _build(hparams["encoder"], nn.Module, "model.encoder", **net_args)
+        self.encoder = build_from_config(hparams["encoder"], nn.Module, "model.encoder", **net_args)
         out_channels = self.image_shape[0] * self.likelihood.params_per_channel
-        self.decoder = _build(
+        self.decoder = build_from_config(
             hparams["decoder"], nn.Module, "model.decoder", out_channels=out_channels, **net_args
         )
+        apply_speed_options([self.encoder, self.decoder], channels_last)
         self.register_buffer("prior_loc", torch.zeros(self.latent_dim), persistent=False)
         self.register_buffer("prior_scale", torch.ones(self.latent_dim), persistent=False)
         self.terms = ["loss", "recon", "kl", "nelbo"] + (["bpd"] if self.likelihood.discrete_8bit else [])
@@ -148,6 +124,7 @@ class VAE(L.LightningModule):
     # --- the probabilistic model -------------------------------------------------------
     def posterior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """μ and log σ² of q(z|x), each ``(B, latent_dim)``."""
+        x = channels_last_input(x, self.hparams.channels_last)
         mu, logvar = self.encoder(x).float().chunk(2, dim=1)  # KL in float32 under mixed precision
         return mu, logvar.clamp(*LOGVAR_RANGE)
 
@@ -224,20 +201,41 @@ class VAE(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         terms = self._shared_step(batch, "train")
-        self.log("train/loss", terms["loss"], prog_bar=True)  # per step: the curves of the run
-        self.log_dict({f"train/{k}": terms[k].mean() for k in self.terms[1:]})
-        self.log("train/beta", self.objective.beta_at(self.global_step))
+        if self._logging_step():  # the values the loggers record: every trainer.log_every_n_steps
+            self.log("train/loss", terms["loss"], prog_bar=True)
+            self.log_dict({f"train/{k}": terms[k].mean() for k in self.terms[1:]})
+            self.log("train/beta", self.objective.beta_at(self.global_step))
         return poison_if_nonfinite(terms["loss"])  # NaN gradients: StepGuard skips the step
 
+    def _logging_step(self) -> bool:
+        """Whether the loggers record this step. ``self.log`` costs ~2 ms a call in Lightning
+        2.6 (more than a whole MLP step on a GPU), so train scalars are only given to it then;
+        Lightning's own LearningRateMonitor asks the same question."""
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        return trainer._logger_connector.should_update_logs or bool(trainer.fast_dev_run)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Skip the step (gradients set to None) when its gradient is not finite."""
+        """Skip the step (gradients set to None) when its gradient is not finite; else clip
+        to ``trainer.gradient_clip_val`` with the same norm (``configure_gradient_clipping``)."""
+        norm_clip = (self.trainer.gradient_clip_algorithm or "norm") == "norm"  # Lightning: None means norm
+        clip = self.trainer.gradient_clip_val if norm_clip else None
         try:
-            norm, _ = self.guard.check(self.parameters(), self.global_step)
+            params = [p for group in optimizer.param_groups for p in group["params"]]  # cheaper than
+            norm, _ = self.guard.check(params, self.global_step, clip)  # self.parameters() (~0.5 ms)
         except TrainingDiverged as err:
             raise TrainingDiverged(f"{err}.\n  {self._save_last_good_state()}") from None
-        self.log("train/grad_norm", norm)
-        self.log("train/lr", optimizer.param_groups[0]["lr"])
-        self.log("train/skipped_steps", float(self.guard.skipped))
+        if self._logging_step():
+            self.log("train/grad_norm", norm)
+            self.log("train/lr", optimizer.param_groups[0]["lr"])
+            self.log("train/skipped_steps", float(self.guard.skipped))
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if (
+            gradient_clip_algorithm or "norm"
+        ) != "norm":  # norm clipping: done by the guard, which has the norm
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _save_last_good_state(self) -> str:
         """Checkpoint the weights of the last good step (skipped steps changed nothing)."""
@@ -311,10 +309,14 @@ class VAE(L.LightningModule):
                 f"the data's pixel values lie in {list(data_range)}, but model.likelihood="
                 f"{self.likelihood.name} only covers [{lo}, {hi}]; choose another likelihood"
             )
+        if self.hparams.compile:
+            compile_networks([self.encoder, self.decoder])
 
     def configure_optimizers(self) -> Any:
         params = self.parameters()
-        optimizer = _build(self.hparams.optimizer, torch.optim.Optimizer, "model.optimizer", params=params)
+        optimizer = build_from_config(
+            self.hparams.optimizer, torch.optim.Optimizer, "model.optimizer", params=params
+        )
         if not self.hparams.scheduler:
             return optimizer
         cfg = dict(self.hparams.scheduler)
@@ -322,5 +324,7 @@ class VAE(L.LightningModule):
         for key in ("total_steps", "T_max"):  # OneCycleLR, CosineAnnealingLR: the whole run
             if cfg.get(key) == "auto":
                 cfg[key] = int(total)
-        scheduler = _build(cfg, torch.optim.lr_scheduler.LRScheduler, "model.scheduler", optimizer=optimizer)
+        scheduler = build_from_config(
+            cfg, torch.optim.lr_scheduler.LRScheduler, "model.scheduler", optimizer=optimizer
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -31,14 +31,6 @@ def poison_if_nonfinite(loss: torch.Tensor) -> torch.Tensor:
     return loss * torch.where(torch.isfinite(loss.detach()), one, one * math.nan)
 
 
-def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
-    """The global L2 norm of the gradients (0 when there are none)."""
-    norms = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
-    if not norms:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(norms))
-
-
 class StepGuard:
     """Decides, after ``backward`` and before the optimizer step, whether to skip the step.
 
@@ -59,15 +51,20 @@ class StepGuard:
         self.skipped = 0  # in this process's lifetime
         self.consecutive = 0
 
-    def check(self, parameters: Iterable[torch.nn.Parameter], step: int) -> tuple[torch.Tensor, bool]:
-        """(gradient norm, skipped?) for the step about to be taken; one host sync."""
+    def check(
+        self, parameters: Iterable[torch.nn.Parameter], step: int, clip_norm: float | None = None
+    ) -> tuple[float, bool]:
+        """(gradient norm, skipped?) for the step about to be taken. The norm costs the step's
+        one host sync; it is reused to clip the gradients to ``clip_norm`` (when given)."""
         params = [p for p in parameters if p.grad is not None]
-        norm = gradient_norm(params)
-        bad = ~torch.isfinite(norm)
-        if self.skip_grad_norm is not None:
-            bad = bad | (norm > self.skip_grad_norm)
-        if not bool(bad):
+        if not params:
+            return 0.0, False
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        bad = not math.isfinite(norm) or (self.skip_grad_norm is not None and norm > self.skip_grad_norm)
+        if not bad:
             self.consecutive = 0
+            if clip_norm is not None and norm > clip_norm:
+                torch.nn.utils.clip_grads_with_norm_(params, clip_norm, torch.tensor(norm))
             return norm, False
         for p in params:
             p.grad = None
@@ -76,7 +73,7 @@ class StepGuard:
         log.warning(
             "step %d skipped: gradient norm %s%s (%d skipped so far, %d in a row)",
             step,
-            f"{float(norm):.4g}",
+            f"{norm:.4g}",
             "" if self.skip_grad_norm is None else f", limit model.skip_grad_norm={self.skip_grad_norm}",
             self.skipped,
             self.consecutive,

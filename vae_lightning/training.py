@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vae_lightning.checkpoints import (
@@ -104,6 +105,8 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model) if fit else load_vae(resolve_checkpoint(ckpt_path))
     callbacks, loggers = _instantiate_all(cfg.get("callbacks")), _instantiate_all(cfg.get("logger"))
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     run_dir = Path(cfg.paths.output_dir)
     for logger in loggers:  # the whole composed config, without secrets
         logger.log_hyperparams(scrub(OmegaConf.to_container(cfg, resolve=True)))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vae_lightning.data.device import DeviceBatches, fits_on, on_device_choice, to_device
 from vae_lightning.errors import ConfigError
 
 
@@ -141,9 +142,11 @@ class BatchedImageDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         likelihood: str | None = None,
         hflip: bool = False,
+        on_device: bool | str = "auto",
     ):
         """``likelihood`` names the p(x|z) family these pixels call for (binary: bernoulli,
-        8-bit: logistic); model configs read it as their default ``model.likelihood``."""
+        8-bit: logistic); model configs read it as their default ``model.likelihood``.
+        ``on_device``: hold the splits in the training device's memory (``data.device``)."""
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -156,14 +159,35 @@ class BatchedImageDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.likelihood = likelihood
         self.hflip = hflip
+        self.on_device = on_device_choice(on_device)
         self.splits: dict[str, BatchIndexedDataset] = {}
+        self._device_splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def value_range(self) -> tuple[float, float]:
         """Range of the pixel values the model receives."""
         return (0.0, 1.0)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def data_device(self) -> torch.device | None:
+        """Where the batches come from: the training device (``on_device``), or None for
+        host memory through a DataLoader."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self.on_device == "auto":
+            nbytes = sum(d.images[:1].nbytes * len(d) + d.labels.nbytes for d in self.splits.values())
+            return device if fits_on(device, nbytes) else None
+        return device if self.on_device == "true" else None
+
+    def _device_split(self, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """A split's images and labels on ``device``, copied there once."""
+        if split not in self._device_splits or self._device_splits[split][0].device != device:
+            dataset = self.splits[split]
+            labels = (
+                dataset.labels if dataset.rows is None else dataset.labels[torch.from_numpy(dataset.rows)]
+            )
+            self._device_splits[split] = (to_device(dataset.images, dataset.rows, device), labels.to(device))
+        return self._device_splits[split]
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | DeviceBatches:
         if split not in self.splits:
             raise RuntimeError(f"the {split} split is not set up; call setup() first")
         trainer, dataset = self.trainer, self.splits[split]
@@ -175,6 +199,9 @@ class BatchedImageDataModule(L.LightningDataModule):
             sampler = EvalShard(dataset, batch_size, world, rank)
         else:
             sampler = None
+        device = self.data_device()
+        if device is not None:
+            return DeviceBatches(*self._device_split(split, device), batch_size, sampler)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -46,8 +46,11 @@ class CachedImageDataModule(BatchedImageDataModule):
         likelihood: str | None,
         hflip: bool,
         split_seed: int,
+        on_device: bool | str = "auto",
     ):
-        super().__init__(batch_size, num_workers, binarize, eval_batch_size, pin_memory, likelihood, hflip)
+        super().__init__(
+            batch_size, num_workers, binarize, eval_batch_size, pin_memory, likelihood, hflip, on_device
+        )
         if image_size < 1:
             raise ConfigError(f"data.image_size must be >= 1, got {image_size}")
         if channels not in (1, 3):

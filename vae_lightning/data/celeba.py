@@ -122,10 +122,11 @@ class CelebADataModule(CachedImageDataModule):
         eval_batch_size: int | None = None,
         pin_memory: bool = False,
         likelihood: str | None = "logistic",
+        on_device: bool | str = "auto",
     ):
         super().__init__(
             *(cache_dir, image_size, channels, crop, batch_size, num_workers, binarize),
-            *(eval_batch_size, pin_memory, likelihood, hflip, split_seed),
+            *(eval_batch_size, pin_memory, likelihood, hflip, split_seed, on_device),
         )
         self.data_dir = Path(data_dir).expanduser()
         self.download = download

@@ -40,6 +40,7 @@ class MNISTDataModule(BatchedImageDataModule):
             of the validation and test sets.
         channels, image_size: what the model is told; must be 1 and 28 here.
         hflip: mirror a random half of each training batch (off: digits are not symmetric).
+        on_device: hold the images in the training device's memory (``data.device``).
     """
 
     dataset_cls = datasets.MNIST
@@ -61,8 +62,11 @@ class MNISTDataModule(BatchedImageDataModule):
         pin_memory: bool = False,
         likelihood: str | None = "bernoulli",
         hflip: bool = False,
+        on_device: bool | str = "auto",
     ):
-        super().__init__(batch_size, num_workers, binarize, eval_batch_size, pin_memory, likelihood, hflip)
+        super().__init__(
+            batch_size, num_workers, binarize, eval_batch_size, pin_memory, likelihood, hflip, on_device
+        )
         name = self.dataset_cls.__name__
         if (channels, image_size, image_size) != self.image_shape:
             raise ConfigError(

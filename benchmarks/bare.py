@@ -1,0 +1,74 @@
+"""The floor the framework is measured against: a bare PyTorch training loop, written
+out here with nothing from Lightning, for the same encoder and decoder ``nn.Module``s.
+
+Data is a uint8 tensor ``(N, C, H, W)`` in memory, shuffled with ``randperm`` and
+indexed a batch at a time; each batch becomes floats in [0, 1] and, for binary data, a
+fresh Bernoulli draw (dynamic binarisation) -- exactly what the DataModules do. The loss
+is the negative ELBO, mean over the batch: −log p(x|z) (Bernoulli logits, or a Gaussian
+with fixed σ, mean = the decoder output) plus the closed-form KL to N(0, I).
+"""
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def negative_elbo(
+    encoder: nn.Module, decoder: nn.Module, x: torch.Tensor, likelihood: str, sigma: float = 0.1
+) -> torch.Tensor:
+    """−ELBO per image ``(B,)`` in nats, one reparameterised sample."""
+    mu, logvar = encoder(x).chunk(2, dim=1)  # (B, D) each
+    z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+    out = decoder(z)  # (B, C, H, W)
+    if likelihood == "bernoulli":
+        recon = F.binary_cross_entropy_with_logits(out, x, reduction="none").flatten(1).sum(1)
+    elif likelihood == "gaussian":
+        log_norm = math.log(sigma) + 0.5 * math.log(2 * math.pi)
+        recon = (0.5 * ((x - out) / sigma) ** 2 + log_norm).flatten(1).sum(1)
+    else:
+        raise ValueError(f"the bare loop has bernoulli and gaussian, not {likelihood}")
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+    return recon + kl
+
+
+def batches(images: torch.Tensor, batch_size: int, binarize: bool, generator: torch.Generator):
+    """Endless shuffled training batches, floats in [0, 1] (binarised afresh when asked)."""
+    while True:
+        order = torch.randperm(len(images), generator=generator)
+        for i in range(0, len(order) - batch_size + 1, batch_size):  # whole batches only
+            x = images[order[i : i + batch_size]].float().div_(255)
+            yield torch.bernoulli(x) if binarize else x
+
+
+def train_steps(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data,
+    steps: int,
+    likelihood: str,
+    on_step: Callable[[int], bool] | None = None,
+    sync_after: tuple[int, ...] = (),
+) -> list[float]:
+    """Run ``steps`` optimizer steps; return ``time.perf_counter()`` after each one (on a
+    GPU, stamps are exact only after the steps in ``sync_after``, which wait for the
+    device). ``on_step(step)`` runs after each step and may return True to stop."""
+    encoder.train(), decoder.train()
+    stamps = []
+    cuda = next(encoder.parameters()).is_cuda
+    for step in range(steps):
+        x = next(data)
+        loss = negative_elbo(encoder, decoder, x, likelihood).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if cuda and step + 1 in sync_after:
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+        if on_step is not None and on_step(step + 1):
+            break
+    return stamps

@@ -1,0 +1,41 @@
+"""Objects built from config dicts that a checkpoint stores (networks, optimizer,
+scheduler): only subclasses of an expected base class, with errors that name the keys."""
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from vae_lightning.errors import ConfigError
+
+
+def plain_config(value: Any) -> Any:
+    """OmegaConf containers -> plain dicts/lists, so checkpoints load with weights_only=True."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def build_from_config(cfg: Mapping[str, Any], base: type, what: str, **kwargs: Any) -> Any:
+    """Construct ``cfg["_target_"]`` with the other keys plus ``kwargs``.
+
+    Only subclasses of ``base`` are built: a checkpoint names its classes as strings, and
+    loading one must never call an arbitrary function.
+    """
+    target = str(cfg.get("_target_"))
+    module_name, _, name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{what}._target_={target!r} cannot be imported: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{what}._target_={target!r} is not a {base.__module__}.{base.__name__}")
+    args = {key: value for key, value in cfg.items() if not key.startswith("_")}
+    try:
+        return cls(**args, **kwargs)
+    except (TypeError, ValueError) as err:  # "Invalid learning rate: -1", an unknown keyword ...
+        if isinstance(err, ConfigError):
+            raise
+        keys = ", ".join(f"{what}.{key}" for key in args) or "none"
+        raise ConfigError(f"{what} ({name}) rejected its settings: {err}; check {keys}") from None
