@@ -131,15 +131,17 @@ def training_images(cfg) -> torch.Tensor:
     return torch.as_tensor(images)
 
 
-def data_folder(case: str, tmp: Path) -> Path:
+def data_folder(case: str, tmp: Path, steps: int) -> Path:
+    """Real MNIST from $VAE_DATA_DIR (else synthetic digits); a synthetic CelebA whose
+    training split (80 %) holds ``steps`` batches of 128."""
     if case.startswith("celeba"):
-        return make_celeba(tmp / "celeba_data", n=3000)
+        return make_celeba(tmp / "celeba_data", n=int(steps * 128 / 0.8) + 200)
     real = os.environ.get("VAE_DATA_DIR")
     return Path(real) if real else make_mnist(tmp / "mnist_data", n_train=20000, n_test=1000)
 
 
 def run_case(case: str, args: argparse.Namespace, tmp: Path) -> list[tuple[float, float]]:
-    data_dir = data_folder(case, tmp)
+    data_dir = data_folder(case, tmp, args.warmup + args.steps + 1)
     cfg = config(case, data_dir, tmp / case, args)
     images = training_images(cfg)
     pairs = []
