@@ -40,3 +40,15 @@ class SlowSteps(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         time.sleep(self.seconds)
+
+
+class StopAfterEpochs(L.Callback):
+    """Stop the run after ``epochs`` epochs (checkpoints of the last one written): an
+    interruption that keeps the run's own ``trainer.max_epochs``."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True

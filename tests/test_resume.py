@@ -20,7 +20,8 @@ def history_steps(run: Path, key: str) -> list[int]:
 def test_two_epochs_interrupted_after_one_equal_two_epochs(make_cfg, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     train(make_cfg(*RUN, f"paths.output_dir={whole}"))
-    train(make_cfg(*RUN, f"paths.output_dir={parts}", "trainer.max_epochs=1"))  # "interrupted"
+    stop = "+callbacks.stop._target_=hooks.StopAfterEpochs"  # interrupted after epoch 1 of 2
+    train(make_cfg(*RUN, f"paths.output_dir={parts}", stop, "+callbacks.stop.epochs=1"))
     train(make_cfg(*RUN, f"paths.output_dir={parts}", f"ckpt_path={parts}"))  # resumed in place
     a, b = (
         read_checkpoint(whole / "checkpoints" / "last.ckpt"),
@@ -34,6 +35,26 @@ def test_two_epochs_interrupted_after_one_equal_two_epochs(make_cfg, tmp_path):
     assert sorted(p.name for p in (parts / "checkpoints").glob("*.ckpt")) == sorted(
         p.name for p in (whole / "checkpoints").glob("*.ckpt")
     )
+
+
+def test_a_resumed_run_can_train_longer_with_a_one_cycle_schedule(make_cfg, tmp_path):
+    """The default MLP recipe's one-cycle LR spans the run; resuming with a larger
+    trainer.max_epochs stretches it to the new length instead of failing."""
+    run = tmp_path / "run"
+    every = "trainer.log_every_n_steps=1"
+    train(make_cfg("test=false", "trainer.max_epochs=1", "data.batch_size=64", every))
+    first = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert first["lr_schedulers"][0]["total_steps"] == 7
+    train(make_cfg("test=false", "trainer.max_epochs=3", "data.batch_size=64", every, f"ckpt_path={run}"))
+    last = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 3 * 7 and last["lr_schedulers"][0]["total_steps"] == 3 * 7
+    lrs = [
+        json.loads(line)["train/lr"]
+        for line in (run / "history.jsonl").read_text().splitlines()
+        if "train/lr" in line
+    ]
+    max_lr = 2e-3
+    assert max(lrs) <= max_lr * 1.0001 and lrs[-1] < max_lr / 10  # annealed towards 0 at the new end
 
 
 def test_a_run_directory_as_ckpt_path_resumes_in_that_directory(tmp_path):

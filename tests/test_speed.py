@@ -69,7 +69,7 @@ def test_training_on_device_equals_training_from_the_dataloader(make_cfg, tmp_pa
 
 
 def test_the_default_optimizer_is_fused_adam(make_cfg):
-    model = instantiate(make_cfg().model)
+    model = instantiate(make_cfg("model.scheduler=null").model)
     optimizer = model.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["fused"] is True
 

@@ -5,6 +5,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vae_lightning.errors import ConfigError
@@ -39,3 +40,21 @@ def build_from_config(cfg: Mapping[str, Any], base: type, what: str, **kwargs: A
             raise
         keys = ", ".join(f"{what}.{key}" for key in args) or "none"
         raise ConfigError(f"{what} ({name}) rejected its settings: {err}; check {keys}") from None
+
+
+def stretch_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, total_steps: int) -> bool:
+    """Fit a restored whole-run schedule (OneCycleLR, CosineAnnealingLR) to a run of
+    ``total_steps`` optimizer steps, when a resumed run has another trainer.max_epochs: the
+    schedule keeps its shape over the new length and goes on from the step it is at.
+    Without this, a one-cycle schedule stops the longer run with "Tried to step N times".
+    Returns whether anything changed."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.total_steps != total_steps:
+        old = scheduler.total_steps
+        for phase in scheduler._schedule_phases:  # end_step = fraction x total_steps - 1
+            phase["end_step"] = (phase["end_step"] + 1) * total_steps / old - 1
+        scheduler.total_steps = total_steps
+        return True
+    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and scheduler.T_max != total_steps:
+        scheduler.T_max = total_steps
+        return True
+    return False

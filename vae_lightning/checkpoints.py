@@ -102,6 +102,23 @@ class Checkpoint(ModelCheckpoint):
             self._last_step_saved = step
             self.last_model_path = str(path)  # ours: the epoch-end save rewrites it, no last-v1.ckpt
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def _save_last_every_epoch(self, trainer: L.Trainer) -> None:
+        """``last.ckpt`` after every epoch, improved or not: Lightning 2.6 rewrites it only
+        when a best checkpoint was saved at the same step, which left a run whose last epoch
+        did not improve with a stale ``last.ckpt`` (and a resume that repeated epochs)."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 def run_dir_of(ckpt: Path) -> Path:
     """The run directory of a checkpoint in ``<run>/checkpoints/``, else the file's folder."""

@@ -3,6 +3,7 @@ LightningModule. Networks are plain ``nn.Module``s built from config dicts, so a
 checkpoint rebuilds its model with ``VAE.load_from_checkpoint(path)`` and nothing else.
 """
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
-from vae_lightning.building import build_from_config, plain_config
+from vae_lightning.building import build_from_config, plain_config, stretch_schedule
 from vae_lightning.errors import ConfigError
 from vae_lightning.likelihoods import build_likelihood
 from vae_lightning.metrics import (
@@ -32,6 +33,7 @@ from vae_lightning.stability import (
     set_rng_state,
 )
 
+log = logging.getLogger(__name__)
 STAGES = ("val", "test")
 LOGVAR_RANGE = (-30.0, 20.0)  # σ in [3e-7, 2e4]: wide, but exp() never overflows
 EVAL_SEED = 0  # validation and test noise: a generator seeded from this and the batch's number
@@ -255,6 +257,13 @@ class VAE(L.LightningModule):
         self.guard.skipped = int(checkpoint.get("skipped_steps", 0))
         self._resumed_rng = checkpoint.get("rng_state")  # applied when training goes on
 
+    def on_train_start(self) -> None:
+        """A resumed run with another ``trainer.max_epochs``: the restored whole-run schedule
+        is stretched to the new length (``building.stretch_schedule``)."""
+        for config in self.trainer.lr_scheduler_configs if getattr(self, "_schedule_steps", None) else []:
+            if stretch_schedule(config.scheduler, self._schedule_steps):
+                log.info("model.scheduler: fitted to the run's %d steps", self._schedule_steps)
+
     def on_train_epoch_start(self) -> None:
         """After a resume: the random state of the checkpoint, set just before the epoch
         draws its data order, so the run goes on as if it had not been interrupted."""
@@ -323,7 +332,7 @@ class VAE(L.LightningModule):
         total = self.trainer.estimated_stepping_batches  # optimizer steps of the whole fit
         for key in ("total_steps", "T_max"):  # OneCycleLR, CosineAnnealingLR: the whole run
             if cfg.get(key) == "auto":
-                cfg[key] = int(total)
+                cfg[key] = self._schedule_steps = int(total)
         scheduler = build_from_config(
             cfg, torch.optim.lr_scheduler.LRScheduler, "model.scheduler", optimizer=optimizer
         )
