@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -38,6 +37,7 @@ from bare import batches, train_steps  # noqa: E402
 from conftest import make_mnist  # noqa: E402
 from synthetic_images import make_celeba  # noqa: E402
 
+from vae_lightning.data.device import to_device  # noqa: E402
 from vae_lightning.training import train  # noqa: E402
 
 CASES = {
@@ -127,8 +127,7 @@ def training_images(cfg) -> torch.Tensor:
     dm.prepare_data()
     dm.setup("fit")
     split = dm.splits["train"]
-    images = split.images if split.rows is None else np.ascontiguousarray(split.images[split.rows])
-    return torch.as_tensor(images)
+    return to_device(split.images, split.rows, torch.device("cpu"))
 
 
 def data_folder(case: str, tmp: Path, steps: int) -> Path:

@@ -36,7 +36,13 @@ from vae_lightning.stability import (
 log = logging.getLogger(__name__)
 STAGES = ("val", "test")
 LOGVAR_RANGE = (-30.0, 20.0)  # σ in [3e-7, 2e4]: wide, but exp() never overflows
+WHOLE_RUN_KEYS = ("total_steps", "T_max")  # scheduler lengths that "auto" sets to the whole run
 EVAL_SEED = 0  # validation and test noise: a generator seeded from this and the batch's number
+
+
+def _by_norm(algorithm: str | None) -> bool:
+    """Whether Lightning's gradient clipping is by norm (``None`` means norm there)."""
+    return (algorithm or "norm") == "norm"
 
 
 class VAE(L.LightningModule):
@@ -221,11 +227,11 @@ class VAE(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the step (gradients set to None) when its gradient is not finite; else clip
         to ``trainer.gradient_clip_val`` with the same norm (``configure_gradient_clipping``)."""
-        norm_clip = (self.trainer.gradient_clip_algorithm or "norm") == "norm"  # Lightning: None means norm
-        clip = self.trainer.gradient_clip_val if norm_clip else None
+        clip = self.trainer.gradient_clip_val if _by_norm(self.trainer.gradient_clip_algorithm) else None
+        # the optimizer's parameters: self.parameters() walks every submodule (~0.5 ms a step)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         try:
-            params = [p for group in optimizer.param_groups for p in group["params"]]  # cheaper than
-            norm, _ = self.guard.check(params, self.global_step, clip)  # self.parameters() (~0.5 ms)
+            norm, _ = self.guard.check(params, self.global_step, clip)
         except TrainingDiverged as err:
             raise TrainingDiverged(f"{err}.\n  {self._save_last_good_state()}") from None
         if self._logging_step():
@@ -234,9 +240,7 @@ class VAE(L.LightningModule):
             self.log("train/skipped_steps", float(self.guard.skipped))
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        if (
-            gradient_clip_algorithm or "norm"
-        ) != "norm":  # norm clipping: done by the guard, which has the norm
+        if not _by_norm(gradient_clip_algorithm):  # clipping by norm: done by the guard, which has the norm
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _save_last_good_state(self) -> str:
@@ -260,9 +264,12 @@ class VAE(L.LightningModule):
     def on_train_start(self) -> None:
         """A resumed run with another ``trainer.max_epochs``: the restored whole-run schedule
         is stretched to the new length (``building.stretch_schedule``)."""
-        for config in self.trainer.lr_scheduler_configs if getattr(self, "_schedule_steps", None) else []:
-            if stretch_schedule(config.scheduler, self._schedule_steps):
-                log.info("model.scheduler: fitted to the run's %d steps", self._schedule_steps)
+        if not any((self.hparams.scheduler or {}).get(key) == "auto" for key in WHOLE_RUN_KEYS):
+            return
+        total = int(self.trainer.estimated_stepping_batches)
+        for config in self.trainer.lr_scheduler_configs:
+            if stretch_schedule(config.scheduler, total):
+                log.info("model.scheduler: fitted to the run's %d steps", total)
 
     def on_train_epoch_start(self) -> None:
         """After a resume: the random state of the checkpoint, set just before the epoch
@@ -330,9 +337,9 @@ class VAE(L.LightningModule):
             return optimizer
         cfg = dict(self.hparams.scheduler)
         total = self.trainer.estimated_stepping_batches  # optimizer steps of the whole fit
-        for key in ("total_steps", "T_max"):  # OneCycleLR, CosineAnnealingLR: the whole run
+        for key in WHOLE_RUN_KEYS:  # OneCycleLR, CosineAnnealingLR: the whole run
             if cfg.get(key) == "auto":
-                cfg[key] = self._schedule_steps = int(total)
+                cfg[key] = int(total)
         scheduler = build_from_config(
             cfg, torch.optim.lr_scheduler.LRScheduler, "model.scheduler", optimizer=optimizer
         )

@@ -146,7 +146,7 @@ class BatchedImageDataModule(L.LightningDataModule):
     ):
         """``likelihood`` names the p(x|z) family these pixels call for (binary: bernoulli,
         8-bit: logistic); model configs read it as their default ``model.likelihood``.
-        ``on_device``: hold the splits in the training device's memory (``data.device``)."""
+        ``on_device``: hold the splits in the training device's memory (``data.on_device``)."""
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -172,7 +172,9 @@ class BatchedImageDataModule(L.LightningDataModule):
         """Where the batches come from: the training device (``on_device``), or None for
         host memory through a DataLoader."""
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        if self.on_device == "auto":
+        if self.on_device == "auto":  # a GPU only, when every split fits
+            if device.type != "cuda":
+                return None
             nbytes = sum(d.images[:1].nbytes * len(d) + d.labels.nbytes for d in self.splits.values())
             return device if fits_on(device, nbytes) else None
         return device if self.on_device == "true" else None

@@ -40,7 +40,7 @@ class MNISTDataModule(BatchedImageDataModule):
             of the validation and test sets.
         channels, image_size: what the model is told; must be 1 and 28 here.
         hflip: mirror a random half of each training batch (off: digits are not symmetric).
-        on_device: hold the images in the training device's memory (``data.device``).
+        on_device: hold the images in the training device's memory (``data.on_device``).
     """
 
     dataset_cls = datasets.MNIST
