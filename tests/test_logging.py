@@ -1,5 +1,6 @@
 """W&B (offline, read back with W&B's own reader), TensorBoard, image panels, report.png
-and the multirun comparison, through train.py itself."""
+and the multirun comparison, through train.py itself; the panels also from a model and data
+on a (pretend) accelerator."""
 
 import csv
 import json
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO
 from PIL import Image
+from torch.distributions import Independent, Normal
 
 SECRET_KEY = "0123456789abcdef0123456789abcdef01234567"  # looks like a W&B key; no network here
 TINY_RUN = [
@@ -156,3 +159,75 @@ def test_multirun_jobs_are_separate_wandb_runs_and_the_report_compares_them(tiny
     assert all(float(r["test/nll"]) > 0 for r in table)
     assert "| model.latent_dim=2 |" in (sweep / "runs.md").read_text()
     assert png_pixels(sweep / "runs.png").var() > 0 and (sweep / "1" / "report.png").is_file()
+
+
+class OnDevice(torch.Tensor):
+    """A tensor on a pretend accelerator, for CPU-only tests: torch computes with it as usual
+    (results stay ``OnDevice``), but numpy, and so matplotlib and PIL, refuse it with CUDA's
+    error until it is copied to host memory by ``.cpu()``, ``.to("cpu")`` or ``.numpy(force=True)``."""
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("can't convert device tensor to numpy. Use Tensor.cpu() to copy it to host memory.")
+
+    def numpy(self, *, force: bool = False) -> np.ndarray:
+        if not force:
+            self.__array__()
+        return self.cpu().numpy(force=True)
+
+    def cpu(self, *args, **kwargs) -> torch.Tensor:
+        with torch._C.DisableTorchFunctionSubclass():
+            return torch.Tensor.cpu(self, *args, **kwargs).as_subclass(torch.Tensor)
+
+    def to(self, *args, **kwargs) -> torch.Tensor:
+        moved = super().to(*args, **kwargs)
+        target = kwargs.get("device", args[0] if args else None)
+        to_host = isinstance(target, str | torch.device) and torch.device(target).type == "cpu"
+        return moved.cpu() if to_host else moved
+
+
+class ModelOnDevice(torch.nn.Module):
+    """The VAE's public API (``encode``, ``decode``, ``prior``, ``latent_dim``) with every
+    output on the pretend accelerator, as a model on a GPU gives."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae, self.latent_dim = vae, vae.latent_dim
+
+    def encode(self, x: torch.Tensor):
+        return self.vae.encode(x.as_subclass(OnDevice))
+
+    def decode(self, z: torch.Tensor):
+        return self.vae.decode(z.as_subclass(OnDevice))
+
+    def prior(self):
+        p = self.vae.prior().base_dist
+        return Independent(Normal(p.loc.as_subclass(OnDevice), p.scale.as_subclass(OnDevice)), 1)
+
+
+def test_image_panels_of_a_model_and_data_on_an_accelerator():
+    """On a GPU, with ``data.on_device``, the latent map once handed CUDA posterior means to
+    matplotlib ("can't convert cuda:0 device type tensor to numpy"). Every panel must come out
+    the same whether the model, images and labels live in host memory or on a device."""
+    from vae_lightning import VAE
+    from vae_lightning.callbacks import ImagePanels
+    from vae_lightning.images import to_uint8
+
+    torch.manual_seed(0)
+    mlp = {"hidden_dims": [32]}
+    vae = VAE(
+        encoder={"_target_": "vae_lightning.networks.MLPEncoder", **mlp},
+        decoder={"_target_": "vae_lightning.networks.MLPDecoder", **mlp},
+        image_shape=[1, 28, 28],
+        latent_dim=2,  # every panel, the manifold included
+    ).eval()
+    x = torch.bernoulli(torch.full((40, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(40) % 4
+    callback = ImagePanels(n_images=4, n_samples=4, n_pairs=1, steps=3, n_dims=2)
+    on_host = callback.draw(vae, x, labels)
+    on_device = callback.draw(ModelOnDevice(vae), x.as_subclass(OnDevice), labels.as_subclass(OnDevice))
+    names = {"reconstructions", "prior_samples", "interpolations", "traversals", "latent_map", "manifold"}
+    assert set(on_host) == set(on_device) == names
+    for name, image in on_host.items():
+        assert type(on_device[name]) is np.ndarray and image.dtype == np.uint8 and image.shape[2] == 3, name
+        np.testing.assert_array_equal(on_device[name], image, err_msg=name)
+    np.testing.assert_array_equal(to_uint8(x.as_subclass(OnDevice)), to_uint8(x))  # the numpy boundary

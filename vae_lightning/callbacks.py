@@ -38,18 +38,21 @@ def panel_image(panel: sampling.Panel) -> np.ndarray:
 
 
 def latent_map(z: torch.Tensor, labels: torch.Tensor, dims: tuple[int, int]) -> np.ndarray:
-    """Scatter plot of posterior means ``z[:, dims]`` coloured by ``labels``, as uint8 RGB."""
+    """Scatter plot of posterior means ``z[:, dims]`` coloured by ``labels``, as uint8 RGB.
+    ``z`` and ``labels`` may live on any device (the model's, the data's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    xy = z[:, list(dims)].float().numpy(force=True)  # (N, 2) in host memory, for matplotlib
+    classes = labels.numpy(force=True)  # (N,)
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
-    points = ax.scatter(z[:, dims[0]], z[:, dims[1]], c=labels, cmap="tab10", s=6, alpha=0.8)
+    points = ax.scatter(xy[:, 0], xy[:, 1], c=classes, cmap="tab10", s=6, alpha=0.8)
     ax.set_xlabel(f"z[{dims[0]}]")
     ax.set_ylabel(f"z[{dims[1]}]")
     ax.set_title("posterior means E[z|x], validation images")
-    if len(torch.unique(labels)) <= 20:
+    if len(np.unique(classes)) <= 20:
         fig.colorbar(points, ax=ax, label="class")
     fig.tight_layout()
     buffer = io.BytesIO()
