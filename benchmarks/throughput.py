@@ -8,6 +8,14 @@ takes ``--warmup`` steps, then times ``--steps`` more (steady state: start-up, v
 and the first steps' allocations are left out of both). The table gives every pair's
 images/s and the median of the per-pair ratios framework / bare.
 
+Two clocks (``--clock``): ``interleave`` (the default on CPU) runs one bare step right
+after every framework step and times each step alone, so that the two see the same
+machine at the same moment -- on a noisy 2-core VM run-level A/B varied by 25 %.
+``window`` (the default on a GPU, where a per-step clock would add a host sync to every
+step) times the ``--steps`` steps as one window, synchronising only at its two ends, for
+a whole framework run and then a whole bare run. It also times the bare loop reading its
+gradient norm on the host every step (``bare+sync``): what the framework's step guard does.
+
 Cases: ``mnist-vae`` (model=vae), ``mnist-conv`` (model=conv_vae) on MNIST from
 ``$VAE_DATA_DIR`` (synthetic MNIST-format digits when it is not set), and ``celeba-conv``
 (model=conv_vae on a synthetic 64x64 CelebA cache, Gaussian likelihood so that the bare
@@ -40,6 +48,7 @@ from synthetic_images import make_celeba  # noqa: E402
 from vae_lightning.data.device import to_device  # noqa: E402
 from vae_lightning.training import train  # noqa: E402
 
+COLUMNS = ("framework", "bare", "bare+sync")
 CASES = {
     "mnist-vae": ["model=vae", "data=mnist"],
     "mnist-conv": ["model=conv_vae", "data=mnist"],
@@ -48,18 +57,28 @@ CASES = {
 
 
 class StepClock(L.Callback):
-    """Times every framework step and, right after it, one step of the bare loop (``bare``),
-    so that the two alternate step by step and see the same machine at the same moment."""
+    """``interleave``: times every framework step and, right after it, one step of the bare
+    loop (``bare_step``), so that the two alternate step by step. ``window`` (``bare_step``
+    None): times steps ``[window[0], window[1])`` of the framework as one interval."""
 
     framework: list[float] = []  # seconds per step of the latest run (read by the script)
     bare: list[float] = []
-    bare_step = None  # () -> None, set by the script before each run
+    bare_step = None  # () -> None, set by the script before each run; None: window clock
+    window = (0, 0)
 
     def on_train_start(self, trainer, pl_module) -> None:
         StepClock.framework, StepClock.bare = [], []
         self._resumed = None
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if StepClock.bare_step is None and trainer.global_step == StepClock.window[0]:
+            self._resumed = _now(pl_module.device)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if StepClock.bare_step is None:
+            if trainer.global_step == StepClock.window[1]:  # global_step counts this step now
+                StepClock.framework.append(_now(pl_module.device) - self._resumed)
+            return
         end = _now(pl_module.device)
         if self._resumed is not None:
             StepClock.framework.append(end - self._resumed)
@@ -98,25 +117,51 @@ def config(case: str, data_dir: Path, out: Path, args: argparse.Namespace):
         return compose("train", overrides=overrides)
 
 
-def bare_stepper(cfg, images: torch.Tensor, device: torch.device):
-    """One step of the bare loop per call: the same networks and optimizer config, built
-    fresh (``bare.train_steps`` for one step)."""
+def bare_loop(cfg, images: torch.Tensor, device: torch.device):
+    """The bare loop's arguments of ``bare.train_steps``: the same networks and optimizer
+    config, built fresh, and its endless batches."""
     model = instantiate(cfg.model)  # only for its encoder and decoder: plain nn.Modules
     encoder, decoder = model.encoder.to(device), model.decoder.to(device)
     optimizer = instantiate(cfg.model.optimizer)([*encoder.parameters(), *decoder.parameters()])
     data = batches(
         images.to(device), cfg.data.batch_size, cfg.data.binarize, torch.Generator().manual_seed(0)
     )
-    return lambda: train_steps(encoder, decoder, optimizer, data, 1, cfg.model.likelihood)
+    return encoder, decoder, optimizer, data
 
 
-def measure_pair(cfg, images: torch.Tensor, args) -> tuple[float, float]:
-    """One framework run (``train(cfg)``) with a bare step after each of its steps:
-    (framework images/s, bare images/s) over the timed steps."""
+def bare_window(cfg, images: torch.Tensor, device: torch.device, args, read_norm: bool) -> float:
+    """Seconds of steps ``[warmup, warmup + steps)`` of a fresh bare run (``read_norm``: the
+    gradient norm read on the host after every step, as the framework's guard does)."""
+    encoder, decoder, optimizer, data = bare_loop(cfg, images, device)
+    params = [*encoder.parameters(), *decoder.parameters()]
+
+    def on_step(step: int) -> bool:
+        if read_norm:
+            float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+        return False
+
+    end = args.warmup + args.steps
+    stamps = train_steps(
+        encoder, decoder, optimizer, data, end, cfg.model.likelihood, on_step, sync_after=(args.warmup, end)
+    )
+    return stamps[end - 1] - stamps[args.warmup - 1]
+
+
+def measure_pair(cfg, images: torch.Tensor, args) -> tuple[float, ...]:
+    """(framework images/s, bare images/s[, bare+sync images/s]) over the timed steps: one
+    framework run (``train(cfg)``), with a bare step after each of its steps (interleave) or
+    followed by whole bare runs (window)."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
-    StepClock.bare_step = bare_stepper(cfg, images, device)
-    train(cfg)
     batch = cfg.data.batch_size
+    if args.clock == "window":
+        StepClock.bare_step, StepClock.window = None, (args.warmup, args.warmup + args.steps)
+        train(cfg)
+        seconds = [StepClock.framework[0]]
+        seconds += [bare_window(cfg, images, device, args, read_norm) for read_norm in (False, True)]
+        return tuple(args.steps * batch / s for s in seconds)
+    encoder, decoder, optimizer, data = bare_loop(cfg, images, device)
+    StepClock.bare_step = lambda: train_steps(encoder, decoder, optimizer, data, 1, cfg.model.likelihood)
+    train(cfg)
     fw = images_per_s(StepClock.framework, args.warmup, args.steps, batch)
     return fw, images_per_s(StepClock.bare, args.warmup, args.steps, batch)
 
@@ -134,23 +179,26 @@ def data_folder(case: str, tmp: Path, steps: int) -> Path:
     """Real MNIST from $VAE_DATA_DIR (else synthetic digits); a synthetic CelebA whose
     training split (80 %) holds ``steps`` batches of 128."""
     if case.startswith("celeba"):
-        return make_celeba(tmp / "celeba_data", n=int(steps * 128 / 0.8) + 200)
+        n = int(steps * 128 / 0.8) + 200
+        folder = tmp / f"celeba_data_{n}"
+        if (folder / "celeba" / "list_eval_partition.txt").is_file():  # from an earlier run (--workdir)
+            return folder
+        return make_celeba(folder, n=n, unique=min(n, 2000))
     real = os.environ.get("VAE_DATA_DIR")
     return Path(real) if real else make_mnist(tmp / "mnist_data", n_train=20000, n_test=1000)
 
 
 def run_case(case: str, args: argparse.Namespace, tmp: Path) -> list[tuple[float, float]]:
     data_dir = data_folder(case, tmp, args.warmup + args.steps + 1)
-    cfg = config(case, data_dir, tmp / case, args)
+    runs = Path(tempfile.mkdtemp(prefix=f"{case}-", dir=tmp))  # a fresh folder for this call's runs
+    cfg = config(case, data_dir, runs, args)
     images = training_images(cfg)
     pairs = []
     for i in range(args.pairs):
-        cfg = config(case, data_dir, tmp / case / f"pair{i}", args)
+        cfg = config(case, data_dir, runs / f"pair{i}", args)
         pairs.append(measure_pair(cfg, images, args))
-        print(
-            f"{case} pair {i + 1}: framework {pairs[-1][0]:,.0f} images/s, bare {pairs[-1][1]:,.0f}",
-            flush=True,
-        )
+        rates = ", ".join(f"{name} {v:,.0f}" for name, v in zip(COLUMNS, pairs[-1], strict=False))
+        print(f"{case} pair {i + 1} (images/s): {rates}", flush=True)
     return pairs
 
 
@@ -164,31 +212,38 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="timed steps per run")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu"], help="cpu: ignore a GPU")
+    parser.add_argument(
+        "--workdir", help="keep the synthetic data (and its CelebA cache) here for the next call"
+    )
+    parser.add_argument("--clock", default="auto", choices=["auto", "interleave", "window"])
     parser.add_argument("--set", nargs="*", default=[], help="more config overrides for the framework")
     args = parser.parse_args()
     if args.device == "cpu":
         args.set.append("trainer.accelerator=cpu")
+    gpu = torch.cuda.is_available() and args.device != "cpu"
+    if args.clock == "auto":
+        args.clock = "window" if gpu else "interleave"
     torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_MODE", "offline")
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.workdir or tmp)
         for case in args.cases:
-            results[case] = run_case(case, args, Path(tmp))
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "CPU"
+            results[case] = run_case(case, args, work)
+    device = torch.cuda.get_device_name() if gpu else "CPU"
     print(f"\n{device}, {args.threads} torch threads, torch {torch.__version__}, lightning {L.__version__}")
     print(
-        f"{args.pairs} pairs x ({args.warmup} warm-up + {args.steps} timed steps); "
+        f"{args.pairs} pairs x ({args.warmup} warm-up + {args.steps} timed steps), {args.clock} clock; "
         f"overrides: {args.set or '-'}\n"
     )
-    print(
-        "| case | framework images/s (median) | bare images/s (median) | framework / bare (median of pairs) |"
-    )
-    print("|---|---:|---:|---:|")
+    columns = COLUMNS[: len(next(iter(results.values()))[0])]
+    print("| case | " + " | ".join(f"{c} images/s (median)" for c in columns) + " | framework / bare |")
+    print("|---|" + "---:|" * (len(columns) + 1))
     for case, pairs in results.items():
-        fw, bare = zip(*pairs, strict=True)
-        ratio = statistics.median(f / b for f, b in pairs)
-        print(f"| {case} | {statistics.median(fw):,.0f} | {statistics.median(bare):,.0f} | {ratio:.3f} |")
+        medians = [statistics.median(column) for column in zip(*pairs, strict=True)]
+        ratio = statistics.median(p[0] / p[1] for p in pairs)  # the median of the pairs' ratios
+        print(f"| {case} | " + " | ".join(f"{m:,.0f}" for m in medians) + f" | {ratio:.3f} |")
 
 
 if __name__ == "__main__":

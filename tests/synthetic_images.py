@@ -1,6 +1,7 @@
 """Synthetic image data on disk for the data tests and benchmarks: a CelebA in the official
 layout and small image files of every kind an image folder may hold."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +35,21 @@ def make_celeba(
     splits: tuple[float, float] = (0.8, 0.1),
     attributes: bool = True,
     seed: int = 0,
+    unique: int | None = None,
 ) -> Path:
     """``data_dir/celeba/`` in the official layout with ``n`` 178x218 JPEGs: the first
-    ``splits[0]`` share is train (0), the next ``splits[1]`` valid (1), the rest test (2)."""
+    ``splits[0]`` share is train (0), the next ``splits[1]`` valid (1), the rest test (2).
+    ``unique``: only so many distinct pictures, the rest copies of them (fast for large n)."""
     folder = data_dir / "celeba"
     images = folder / "img_align_celeba"
     images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     names = [f"{i:06d}.jpg" for i in range(1, n + 1)]
-    for name in names:
-        face_like(rng).save(images / name, quality=90)
+    for i, name in enumerate(names):
+        if unique is not None and i >= unique:
+            shutil.copyfile(images / names[i % unique], images / name)
+        else:
+            face_like(rng).save(images / name, quality=90)
     n_train, n_val = int(splits[0] * n), int(splits[1] * n)
     codes = [0] * n_train + [1] * n_val + [2] * (n - n_train - n_val)
     lines = [f"{name} {code}" for name, code in zip(names, codes, strict=True)]
