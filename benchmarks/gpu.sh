@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU measurements of the README's Performance section, in one call of the device
-# machine (an H200 lent for 15 minutes, with torch and Lightning but without Hydra, so
-# hydra-core, omegaconf and antlr4 travel in .gpu/site, and MNIST gzipped in .gpu/data).
-# Prepare here:   bash benchmarks/gpu.sh --prepare
-# Run there:      bash benchmarks/gpu.sh          (results in $OUT/gpu.log)
+# The GPU measurements and checks of the README's Performance section, for one call of the
+# device machine (an H200 lent for 15 minutes; torch and Lightning are there but not Hydra,
+# so hydra-core, omegaconf and antlr4 travel in .gpu/site, and MNIST gzipped in .gpu/data).
+#   here:   bash benchmarks/gpu.sh --prepare
+#   there:  bash benchmarks/gpu.sh [throughput] [e2e] [tests] [mnist]   (log: $OUT/gpu.log)
 set -u
 if [ "${1:-}" = "--prepare" ]; then
     site=$(.venv/bin/python -c "import hydra, pathlib; print(pathlib.Path(hydra.__file__).parents[1])")
@@ -15,25 +15,37 @@ if [ "${1:-}" = "--prepare" ]; then
     grep -qx "/.gpu/" .git/info/exclude || echo "/.gpu/" >> .git/info/exclude
     exit 0
 fi
+parts=${*:-throughput e2e mnist}
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT" /tmp/data/MNIST/raw /tmp/work
 exec > >(tee "$OUT/gpu.log") 2>&1
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline PYTHONPATH="$PWD/.gpu/site:$PWD" VAE_DATA_DIR=/tmp/data
 for f in .gpu/data/MNIST/raw/*.gz; do gunzip -c "$f" > "/tmp/data/MNIST/raw/$(basename "$f" .gz)"; done
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
-nproc
-tp() { timeout "$1" python3 benchmarks/throughput.py --workdir /tmp/work --warmup 50 --steps 300 "${@:2}" 2>&1 | grep -v -i -E "warn|litlogger|^\s*$"; }
-# 1. conv_vae on the 64x64 CelebA cache: the default (float32, data on the GPU), then the speed options
-tp 200 --cases celeba-conv --pairs 3 --set logger=csv data.num_workers=8
-tp 60 --cases celeba-conv --pairs 1 --set logger=csv data.num_workers=8 data.on_device=false
-tp 60 --cases celeba-conv --pairs 2 --set logger=csv data.num_workers=8 trainer.precision=bf16-mixed
-tp 60 --cases celeba-conv --pairs 2 --set logger=csv trainer.precision=bf16-mixed model.channels_last=true
-# 2. the README's first command (10 epochs of the MLP on MNIST + the k=1000 test) on the GPU
-start=$(date +%s)
-timeout 150 python3 train.py logger=csv paths.log_dir=/tmp/logs hydra.run.dir=/tmp/logs/make_train 2>&1 | grep -v -i -E "warn|litlogger" | tail -25
-echo "make train on the GPU: $(( $(date +%s) - start )) s"
-cp /tmp/logs/make_train/metrics.json "$OUT/make_train_metrics.json" 2>/dev/null
-# 3. the MNIST cases, then torch.compile
-tp 120 --cases mnist-vae mnist-conv --pairs 2 --set logger=csv
-tp 120 --cases celeba-conv --pairs 1 --set logger=csv trainer.precision=bf16-mixed model.compile=true
+quiet() { grep -v -i -E "warn|litlogger|it/s\]|^\s*$"; }
+tp() { timeout "$1" python3 benchmarks/throughput.py --workdir /tmp/work --warmup 50 --steps 300 "${@:2}" 2>&1 | quiet; }
+for part in $parts; do
+    echo "=== $part"
+    case $part in
+    throughput)  # conv_vae on the 64x64 CelebA cache: the default (float32, data on the GPU), then the options
+        tp 200 --cases celeba-conv --pairs 3 --set logger=csv data.num_workers=8
+        tp 60 --cases celeba-conv --pairs 1 --set logger=csv data.num_workers=8 data.on_device=false
+        tp 60 --cases celeba-conv --pairs 2 --set logger=csv trainer.precision=bf16-mixed
+        tp 60 --cases celeba-conv --pairs 2 --set logger=csv model.channels_last=true
+        tp 120 --cases celeba-conv --pairs 1 --set logger=csv model.compile=true ;;
+    e2e)  # the README's first command on the GPU (10 epochs of the MLP + the k=1000 test), then sample.py
+        start=$(date +%s)
+        timeout 200 python3 train.py logger=csv hydra.run.dir=/tmp/logs/make_train 2>&1 | quiet | tail -30
+        echo "make train on the GPU: $(( $(date +%s) - start )) s"
+        cp /tmp/logs/make_train/metrics.json "$OUT/make_train_metrics.json"
+        cp /tmp/logs/make_train/report.png "$OUT/make_train_report.png"
+        timeout 60 python3 sample.py ckpt_path=/tmp/logs/make_train mode=prior n=64 2>&1 | quiet | tail -5
+        find /tmp/logs/make_train -name "prior.png" -exec cp {} "$OUT/make_train_prior.png" \; ;;
+    tests)  # the tests that train through conftest's make_cfg, on the GPU
+        VAE_TEST_ACCELERATOR=gpu timeout 240 python3 -m pytest -q -p no:cacheprovider \
+            tests/test_speed.py tests/test_module.py tests/test_resume.py 2>&1 | tail -30 ;;
+    mnist)
+        tp 150 --cases mnist-vae mnist-conv --pairs 2 --set logger=csv ;;
+    esac
+done

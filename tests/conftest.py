@@ -64,8 +64,9 @@ def tiny_mnist(tmp_path_factory) -> Path:
     return make_mnist(root, name="FashionMNIST")
 
 
+# VAE_TEST_ACCELERATOR=gpu runs the tests that train through make_cfg on a GPU (benchmarks/gpu.sh)
 TINY = [
-    "trainer.accelerator=cpu",
+    f"trainer.accelerator={os.environ.get('VAE_TEST_ACCELERATOR', 'cpu')}",
     "trainer.max_epochs=2",
     "++trainer.enable_progress_bar=false",
     "++trainer.enable_model_summary=false",
