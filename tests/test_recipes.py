@@ -66,6 +66,13 @@ def test_kl_warmup_is_logged_and_ramps(make_cfg, tmp_path):
     assert betas[0] < 0.2 and betas[-1] == 2.0 and betas == sorted(betas)
 
 
+def test_the_mlp_learning_rate_is_the_peak_of_its_one_cycle_schedule(make_cfg, tmp_path):
+    """model=vae: model.optimizer.lr is the one LR knob (an Optuna search over it works)."""
+    train(make_cfg("trainer.max_epochs=2", "model.optimizer.lr=3e-3", "++trainer.log_every_n_steps=1"))
+    lrs = history(tmp_path, "train/lr")  # 2 epochs x 14 steps: warm-up over the first 3
+    assert max(lrs) == pytest.approx(3e-3, rel=0.05) and lrs[0] < 3e-3 / 10 and lrs[-1] < 3e-3 / 100
+
+
 def test_bernoulli_on_grey_data_fails_before_training(make_cfg):
     with pytest.raises(ConfigError, match="needs binary pixels"):
         train(make_cfg("data.binarize=false"))
