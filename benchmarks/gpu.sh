@@ -3,7 +3,7 @@
 # device machine (an H200 lent for 15 minutes; torch and Lightning are there but not Hydra,
 # so hydra-core, omegaconf and antlr4 travel in .gpu/site, and MNIST gzipped in .gpu/data).
 #   here:   bash benchmarks/gpu.sh --prepare
-#   there:  bash benchmarks/gpu.sh [throughput] [e2e] [tests] [mnist]   (log: $OUT/gpu.log)
+#   there:  bash benchmarks/gpu.sh [throughput] [e2e] [tests] [options] [mnist]   (log: $OUT/gpu.log)
 set -u
 if [ "${1:-}" = "--prepare" ]; then
     site=$(.venv/bin/python -c "import hydra, pathlib; print(pathlib.Path(hydra.__file__).parents[1])")
@@ -45,6 +45,9 @@ for part in $parts; do
     tests)  # the tests that train through conftest's make_cfg, on the GPU
         VAE_TEST_ACCELERATOR=gpu timeout 240 python3 -m pytest -q -p no:cacheprovider \
             tests/test_speed.py tests/test_module.py tests/test_resume.py 2>&1 | tail -30 ;;
+    options)  # float32 with each option alone (throughput measures them next to bf16)
+        tp 100 --cases celeba-conv --pairs 1 --set logger=csv data.num_workers=8 model.channels_last=true
+        tp 90 --cases celeba-conv --pairs 1 --set logger=csv model.compile=true ;;
     mnist)
         tp 150 --cases mnist-vae mnist-conv --pairs 2 --set logger=csv ;;
     esac
