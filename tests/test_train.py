@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import math
 import os
 import subprocess
@@ -23,7 +24,8 @@ def val_curve(run: Path) -> list[float]:
     return [float(r["val/nelbo"]) for r in rows if r.get("val/nelbo")]
 
 
-def test_train_writes_run_dir_and_metrics(make_cfg, tmp_path):
+def test_train_writes_run_dir_and_metrics(make_cfg, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="vae_lightning.training")
     cfg = make_cfg("trainer.max_epochs=3")
     value = train(cfg)
     run = tmp_path / "run"
@@ -40,6 +42,9 @@ def test_train_writes_run_dir_and_metrics(make_cfg, tmp_path):
         total = metrics[f"{stage}/recon"] + metrics[f"{stage}/kl"]
         assert metrics[f"{stage}/nelbo"] == pytest.approx(total, rel=1e-5)
     assert metrics["test/nll"] <= metrics["test/nelbo"]
+    final = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Final metrics"))
+    assert '"test/nll"' in final and "/kl_per_dim/0" not in final  # the console gets the summary
+    assert "also 64 */kl_per_dim/* entries" in final  # val and test, 32 latents each
 
 
 def test_checkpoint_loads_on_cpu_and_samples(make_cfg, tmp_path):
