@@ -141,6 +141,7 @@ def test_trainer_gradient_clip_val_is_applied_by_the_guard(make_cfg, tmp_path):
     cfg = make_cfg(
         "model.optimizer._target_=torch.optim.SGD",
         "model.optimizer.lr=1.0",
+        "model.scheduler=null",  # plain SGD: one-cycle would also cycle SGD's momentum
         "trainer.gradient_clip_val=1e-6",
         "test=false",
     )
