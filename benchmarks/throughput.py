@@ -71,12 +71,12 @@ class StepClock(L.Callback):
         self._resumed = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if StepClock.bare_step is None and trainer.global_step == StepClock.window[0]:
+        if StepClock.bare_step is None and batch_idx == StepClock.window[0]:  # one epoch: step = batch
             self._resumed = _now(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if StepClock.bare_step is None:
-            if trainer.global_step == StepClock.window[1]:  # global_step counts this step now
+            if batch_idx == StepClock.window[1] - 1:
                 StepClock.framework.append(_now(pl_module.device) - self._resumed)
             return
         end = _now(pl_module.device)
@@ -156,6 +156,8 @@ def measure_pair(cfg, images: torch.Tensor, args) -> tuple[float, ...]:
     if args.clock == "window":
         StepClock.bare_step, StepClock.window = None, (args.warmup, args.warmup + args.steps)
         train(cfg)
+        if not StepClock.framework:
+            raise RuntimeError(f"the framework run ended before step {args.warmup + args.steps}")
         seconds = [StepClock.framework[0]]
         seconds += [bare_window(cfg, images, device, args, read_norm) for read_norm in (False, True)]
         return tuple(args.steps * batch / s for s in seconds)
@@ -220,6 +222,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cpu":
         args.set.append("trainer.accelerator=cpu")
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be >= 1")
     gpu = torch.cuda.is_available() and args.device != "cpu"
     if args.clock == "auto":
         args.clock = "window" if gpu else "interleave"
@@ -229,6 +233,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for case in args.cases:
             results[case] = run_case(case, args, work)
     device = torch.cuda.get_device_name() if gpu else "CPU"

@@ -175,8 +175,7 @@ class OnDevice(torch.Tensor):
         return self.cpu().numpy(force=True)
 
     def cpu(self, *args, **kwargs) -> torch.Tensor:
-        with torch._C.DisableTorchFunctionSubclass():
-            return torch.Tensor.cpu(self, *args, **kwargs).as_subclass(torch.Tensor)
+        return self.as_subclass(torch.Tensor).cpu(*args, **kwargs)
 
     def to(self, *args, **kwargs) -> torch.Tensor:
         moved = super().to(*args, **kwargs)
