@@ -183,10 +183,9 @@ class BatchedImageDataModule(L.LightningDataModule):
         """A split's images and labels on ``device``, copied there once."""
         if split not in self._device_splits or self._device_splits[split][0].device != device:
             dataset = self.splits[split]
-            labels = (
-                dataset.labels if dataset.rows is None else dataset.labels[torch.from_numpy(dataset.rows)]
+            self._device_splits[split] = tuple(
+                to_device(array, dataset.rows, device) for array in (dataset.images, dataset.labels)
             )
-            self._device_splits[split] = (to_device(dataset.images, dataset.rows, device), labels.to(device))
         return self._device_splits[split]
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | DeviceBatches:
