@@ -4,6 +4,7 @@ Speed itself is measured in ``benchmarks/``, not here."""
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -154,3 +155,41 @@ def test_trainer_gradient_clip_val_is_applied_by_the_guard(make_cfg, tmp_path):
         torch.cat([(end["state_dict"][k] - v).flatten() for k, v in start.items() if v.is_floating_point()])
     )
     assert steps > 10 and 0 < moved.item() <= steps * 1e-6 * 1.01
+
+
+def test_the_nvml_probe_is_turned_off_only_where_nvml_does_not_load(monkeypatch):
+    """Lightning's PYTORCH_NVML_BASED_CUDA_CHECK=1 makes torch try to load NVML on every
+    torch.cuda.is_available() (optimizers ask every step): removed where the library does
+    not load, kept where it does, and CUDA's answer is the same either way."""
+    import ctypes
+
+    from vae_lightning import speed
+
+    answer = torch.cuda.is_available()
+    monkeypatch.setenv(speed.NVML_PROBE, "1")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: object())  # a driver's NVML loads
+    assert not speed.skip_failing_nvml_probe()
+    assert os.environ[speed.NVML_PROBE] == "1"
+
+    def missing(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    assert speed.skip_failing_nvml_probe()
+    assert speed.NVML_PROBE not in os.environ
+    assert torch.cuda.is_available() == answer
+    assert not speed.skip_failing_nvml_probe()  # nothing left to remove
+
+
+def test_a_training_process_without_nvml_does_not_probe_it(make_cfg, tmp_path):
+    """After ``import vae_lightning`` and a whole training run, the probe is off on a
+    machine where NVML does not load (this one, unless it has an NVIDIA driver)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+        pytest.skip("NVML loads here: the probe is kept")
+    except OSError:
+        pass
+    train(make_cfg("trainer.max_epochs=1", "test=false"))
+    assert os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") != "1"
