@@ -53,10 +53,14 @@ def train_steps(
     likelihood: str,
     on_step: Callable[[int], bool] | None = None,
     sync_after: tuple[int, ...] = (),
+    clip_norm: float | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> list[float]:
     """Run ``steps`` optimizer steps; return ``time.perf_counter()`` after each one (on a
     GPU, stamps are exact only after the steps in ``sync_after``, which wait for the
-    device). ``on_step(step)`` runs after each step and may return True to stop."""
+    device). ``on_step(step)`` runs after each step and may return True to stop.
+    ``clip_norm``: gradients clipped to this total norm before each step; ``scheduler``:
+    stepped after each step."""
     encoder.train(), decoder.train()
     stamps = []
     cuda = next(encoder.parameters()).is_cuda
@@ -65,7 +69,11 @@ def train_steps(
         loss = negative_elbo(encoder, decoder, x, likelihood).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         if cuda and step + 1 in sync_after:
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())

@@ -1,19 +1,35 @@
-"""Lightning's own cost per training step: a LightningModule whose step does almost no
-work (one 4-parameter product, fused Adam), trained by a bare ``lightning.Trainer`` --
-no logger, checkpointing, progress bar or model summary, none of this project's code --
-against the same step in a plain PyTorch loop. The difference is the floor under any
-LightningModule's overhead on this machine: ``throughput.py``'s framework / bare ratio
-cannot exceed ``step / (step + floor)``.
+"""Lightning's own cost per training step, and the ceiling it puts on ``throughput.py``.
+
+1. The floor: a LightningModule whose step does almost no work (one 4-parameter product,
+   fused Adam), trained by a bare ``lightning.Trainer`` -- no logger, checkpointing,
+   progress bar or model summary, none of this project's code -- against the same step in
+   a plain PyTorch loop. The difference is Lightning's own cost per step.
+2. The ceiling (``--ceiling``): the bare loop's own step for ``model=vae`` on MNIST (the
+   same networks, loss, optimizer, schedule, clipping and batches as ``throughput.py``'s
+   bare loop) inside a minimal LightningModule, with automatic and with manual
+   optimization, against the bare loop, one step of each in turn (``throughput.py``'s
+   interleave clock). No LightningModule around that model can beat this ratio here.
 
     python benchmarks/lightning_floor.py [--steps 1000] [--repeats 3] [--threads 2]
+    VAE_DATA_DIR=../shared/data python benchmarks/lightning_floor.py --ceiling [--repeats 5]
 """
 
 import argparse
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "benchmarks")]
+
+from bare import negative_elbo, train_steps  # noqa: E402
+from throughput import CASES, bare_loop, data_folder, training_images  # noqa: E402
 
 
 class Nearly(L.LightningModule):
@@ -74,14 +90,114 @@ def bare_ms(batches: list[torch.Tensor], warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
+class MinimalVAE(L.LightningModule):
+    """The bare loop's step (``bare.negative_elbo``, its networks, optimizer and schedule)
+    as a LightningModule, and nothing more: no guard, metrics, logging or callbacks."""
+
+    def __init__(self, loop: dict, manual: bool):
+        super().__init__()
+        self.encoder, self.decoder, self.loop = loop["encoder"], loop["decoder"], loop
+        self.automatic_optimization = not manual
+
+    def training_step(self, images, batch_idx):
+        x = torch.bernoulli(images.float().div_(255))
+        loss = negative_elbo(self.encoder, self.decoder, x, "bernoulli").mean()
+        if self.automatic_optimization:
+            return loss  # clipping: the Trainer's gradient_clip_val
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.clip_gradients(optimizer, self.loop["clip_norm"], "norm")
+        optimizer.step()
+        scheduler.step()
+
+    def configure_optimizers(self):
+        schedule = {"scheduler": self.loop["scheduler"], "interval": "step"}
+        return {"optimizer": self.loop["optimizer"], "lr_scheduler": schedule}
+
+
+class Batches:
+    """``n`` shuffled uint8 training batches of 128: ``bare.batches`` before its float step."""
+
+    def __init__(self, images: torch.Tensor, n: int):
+        self.images, self.n = images, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(1))
+        return (self.images[order[i * 128 : (i + 1) * 128]] for i in range(self.n))
+
+
+class Interleave(L.Callback):
+    """After each Lightning step, one bare step; both timed alone (``throughput.StepClock``)."""
+
+    def __init__(self, bare_step):
+        self.bare_step, self.lightning, self.bare, self._resumed = bare_step, [], [], None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        end = time.perf_counter()
+        if self._resumed is not None:
+            self.lightning.append(end - self._resumed)
+        start = time.perf_counter()
+        self.bare_step()
+        self._resumed = time.perf_counter()
+        self.bare.append(self._resumed - start)
+
+
+def ceiling_ratio(cfg, images: torch.Tensor, manual: bool, warmup: int, steps: int) -> float:
+    """Images/s of the minimal LightningModule / the bare loop over steps [warmup, warmup + steps)."""
+    total = warmup + steps + 1
+    lightning_loop, bare = bare_loop(cfg, images, torch.device("cpu"), total), bare_loop(
+        cfg, images, torch.device("cpu"), total
+    )
+    clock = Interleave(lambda: train_steps(steps=1, **bare))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=None if manual else lightning_loop["clip_norm"],
+        callbacks=[clock],
+    )
+    trainer.fit(MinimalVAE(lightning_loop, manual), Batches(images, total))
+    return sum(clock.bare[warmup : warmup + steps]) / sum(clock.lightning[warmup : warmup + steps])
+
+
+def ceiling(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [*CASES["mnist-vae"], f"paths.data_dir={data_folder('mnist-vae', Path(tmp), 0)}"]
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        images = training_images(cfg)
+        rows = []
+        for i in range(args.repeats):
+            rows.append([ceiling_ratio(cfg, images, manual, args.warmup, args.steps) for manual in (False, True)])
+            print(f"repeat {i + 1}: automatic {rows[-1][0]:.3f}, manual {rows[-1][1]:.3f}", flush=True)
+    print(f"\n{args.threads} torch threads, torch {torch.__version__}, lightning {L.__version__}")
+    print(f"model=vae on MNIST, batch 128, {args.warmup} warm-up + {args.steps} timed steps, interleaved\n")
+    print("| minimal LightningModule | images/s vs the bare loop (median) | runs |")
+    print("|---|---:|---:|")
+    for name, column in zip(("automatic optimization", "manual optimization"), zip(*rows, strict=True), strict=True):
+        print(f"| {name} | {statistics.median(column):.3f} | {', '.join(f'{r:.3f}' for r in column)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="alternating Lightning / bare pairs")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--ceiling", action="store_true", help="the ceiling on model=vae (see above)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.ceiling:
+        if args.steps == 1000 and args.warmup == 100:  # the floor's defaults: too long for an MLP
+            args.warmup, args.steps = 20, 200
+        return ceiling(args)
     batches = [torch.ones(4)] * (args.warmup + args.steps)
     pairs = [
         (lightning_ms(batches, args.warmup, args.steps), bare_ms(batches, args.warmup, args.steps))

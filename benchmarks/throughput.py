@@ -1,7 +1,7 @@
 """Training images/s: the framework (``train.py``'s own ``train(cfg)``: its Trainer,
 DataModule, model, callbacks and default logger, from the real config) against a bare
-PyTorch loop (``bare.py``) with the identical encoder, decoder, optimizer, batch size,
-dynamic binarisation and thread count.
+PyTorch loop (``bare.py``) with the identical encoder, decoder, optimizer, learning-rate
+schedule, gradient clipping, batch size, dynamic binarisation and thread count.
 
 Runs alternate A B A B ... in one process, so both see the same machine load; each run
 takes ``--warmup`` steps, then times ``--steps`` more (steady state: start-up, validation
@@ -37,6 +37,7 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
@@ -46,6 +47,7 @@ from conftest import make_mnist  # noqa: E402
 from synthetic_images import make_celeba  # noqa: E402
 
 from vae_lightning.data.device import to_device  # noqa: E402
+from vae_lightning.module import WHOLE_RUN_KEYS  # noqa: E402
 from vae_lightning.training import train  # noqa: E402
 
 COLUMNS = ("framework", "bare", "bare+sync")
@@ -117,33 +119,47 @@ def config(case: str, data_dir: Path, out: Path, args: argparse.Namespace):
         return compose("train", overrides=overrides)
 
 
-def bare_loop(cfg, images: torch.Tensor, device: torch.device):
-    """The bare loop's arguments of ``bare.train_steps``: the same networks and optimizer
-    config, built fresh, and its endless batches."""
+def bare_loop(cfg, images: torch.Tensor, device: torch.device, total_steps: int) -> dict:
+    """The bare loop's arguments of ``bare.train_steps`` (all but ``steps``): the same
+    networks and optimizer config, built fresh, its endless batches, and the rest of the
+    config's recipe -- clipping to ``trainer.gradient_clip_val`` and the learning-rate
+    schedule over the run's ``total_steps`` -- so that both loops do the same arithmetic."""
     model = instantiate(cfg.model)  # only for its encoder and decoder: plain nn.Modules
     encoder, decoder = model.encoder.to(device), model.decoder.to(device)
     optimizer = instantiate(cfg.model.optimizer)([*encoder.parameters(), *decoder.parameters()])
+    scheduler = None
+    if cfg.model.get("scheduler"):
+        spec = OmegaConf.to_container(cfg.model.scheduler, resolve=True)
+        spec.update({key: total_steps for key in WHOLE_RUN_KEYS if spec.get(key) == "auto"})
+        scheduler = instantiate(spec, optimizer=optimizer)
+    by_norm = (cfg.trainer.get("gradient_clip_algorithm") or "norm") == "norm"
     data = batches(
         images.to(device), cfg.data.batch_size, cfg.data.binarize, torch.Generator().manual_seed(0)
     )
-    return encoder, decoder, optimizer, data
+    return {
+        "encoder": encoder,
+        "decoder": decoder,
+        "optimizer": optimizer,
+        "data": data,
+        "likelihood": cfg.model.likelihood,
+        "clip_norm": cfg.trainer.get("gradient_clip_val") if by_norm else None,
+        "scheduler": scheduler,
+    }
 
 
 def bare_window(cfg, images: torch.Tensor, device: torch.device, args, read_norm: bool) -> float:
     """Seconds of steps ``[warmup, warmup + steps)`` of a fresh bare run (``read_norm``: the
     gradient norm read on the host after every step, as the framework's guard does)."""
-    encoder, decoder, optimizer, data = bare_loop(cfg, images, device)
-    params = [*encoder.parameters(), *decoder.parameters()]
+    end = args.warmup + args.steps
+    loop = bare_loop(cfg, images, device, end + 1)
+    params = [*loop["encoder"].parameters(), *loop["decoder"].parameters()]
 
     def on_step(step: int) -> bool:
         if read_norm:
             float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
         return False
 
-    end = args.warmup + args.steps
-    stamps = train_steps(
-        encoder, decoder, optimizer, data, end, cfg.model.likelihood, on_step, sync_after=(args.warmup, end)
-    )
+    stamps = train_steps(steps=end, on_step=on_step, sync_after=(args.warmup, end), **loop)
     return stamps[end - 1] - stamps[args.warmup - 1]
 
 
@@ -161,8 +177,8 @@ def measure_pair(cfg, images: torch.Tensor, args) -> tuple[float, ...]:
         seconds = [StepClock.framework[0]]
         seconds += [bare_window(cfg, images, device, args, read_norm) for read_norm in (False, True)]
         return tuple(args.steps * batch / s for s in seconds)
-    encoder, decoder, optimizer, data = bare_loop(cfg, images, device)
-    StepClock.bare_step = lambda: train_steps(encoder, decoder, optimizer, data, 1, cfg.model.likelihood)
+    loop = bare_loop(cfg, images, device, args.warmup + args.steps + 1)  # the framework's run length
+    StepClock.bare_step = lambda: train_steps(steps=1, **loop)
     train(cfg)
     fw = images_per_s(StepClock.framework, args.warmup, args.steps, batch)
     return fw, images_per_s(StepClock.bare, args.warmup, args.steps, batch)

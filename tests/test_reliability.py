@@ -25,6 +25,20 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path)["state_dict"]
 
 
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_poison_leaves_a_finite_loss_bit_for_bit_and_turns_any_nonfinite_one_to_nan(bad):
+    w = torch.nn.Parameter(torch.tensor([0.3, -1.7, 2.9]))
+    loss = (w * torch.tensor([1.1, 0.2, 3.3])).sum()
+    poisoned = poison_if_nonfinite(loss)
+    poisoned.backward()
+    assert torch.equal(poisoned.detach(), loss.detach())
+    assert torch.equal(w.grad, torch.tensor([1.1, 0.2, 3.3]))
+    w.grad = None
+    poisoned = poison_if_nonfinite((w * torch.tensor([1.0, 0.0, bad])).sum())
+    poisoned.backward()
+    assert math.isnan(poisoned.item()) and torch.isnan(w.grad).all()
+
+
 def test_poisoned_loss_makes_every_gradient_nan_and_the_guard_skips_it():
     w = torch.nn.Parameter(torch.ones(3))
     poison_if_nonfinite((w * torch.tensor([1.0, 0.0, math.inf])).sum()).backward()

@@ -25,10 +25,11 @@ def poison_if_nonfinite(loss: torch.Tensor) -> torch.Tensor:
     """``loss`` unchanged when finite, else NaN in a way that makes *every* gradient NaN.
 
     Without a host sync: the decision is taken on the gradients (``StepGuard.check``), which
-    DDP has already averaged, so all ranks skip the same steps.
+    DDP has already averaged, so all ranks skip the same steps. The factor ``0 * loss + 1``
+    is exactly 1 for a finite loss (loss and gradients unchanged, bit for bit) and NaN for
+    ±inf or NaN: two scalar ops, a third of the cost of an ``isfinite``/``where``.
     """
-    one = torch.ones((), device=loss.device, dtype=loss.dtype)
-    return loss * torch.where(torch.isfinite(loss.detach()), one, one * math.nan)
+    return loss * (loss.detach() * 0 + 1)
 
 
 class StepGuard:
