@@ -62,6 +62,7 @@ def train_steps(
     ``clip_norm``: gradients clipped to this total norm before each step; ``scheduler``:
     stepped after each step."""
     encoder.train(), decoder.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     stamps = []
     cuda = next(encoder.parameters()).is_cuda
     for step in range(steps):
@@ -70,7 +71,7 @@ def train_steps(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

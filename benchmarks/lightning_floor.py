@@ -62,9 +62,10 @@ class Clock(L.Callback):
             self.seconds = time.perf_counter() - self._start
 
 
-def lightning_ms(batches: list[torch.Tensor], warmup: int, steps: int) -> float:
-    clock = Clock(warmup, steps)
-    trainer = L.Trainer(
+def bare_trainer(clock: L.Callback, **kwargs) -> L.Trainer:
+    """A ``lightning.Trainer`` for one epoch on the CPU with nothing but ``clock``: no logger,
+    checkpointing, progress bar or model summary."""
+    return L.Trainer(
         accelerator="cpu",
         max_epochs=1,
         logger=False,
@@ -72,8 +73,13 @@ def lightning_ms(batches: list[torch.Tensor], warmup: int, steps: int) -> float:
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[clock],
+        **kwargs,
     )
-    trainer.fit(Nearly(), torch.utils.data.DataLoader(batches, batch_size=None))
+
+
+def lightning_ms(batches: list[torch.Tensor], warmup: int, steps: int) -> float:
+    clock = Clock(warmup, steps)
+    bare_trainer(clock).fit(Nearly(), torch.utils.data.DataLoader(batches, batch_size=None))
     return clock.seconds / steps * 1e3
 
 
@@ -149,20 +155,9 @@ class Interleave(L.Callback):
 def ceiling_ratio(cfg, images: torch.Tensor, manual: bool, warmup: int, steps: int) -> float:
     """Images/s of the minimal LightningModule / the bare loop over steps [warmup, warmup + steps)."""
     total = warmup + steps + 1
-    lightning_loop, bare = bare_loop(cfg, images, torch.device("cpu"), total), bare_loop(
-        cfg, images, torch.device("cpu"), total
-    )
+    lightning_loop, bare = (bare_loop(cfg, images, torch.device("cpu"), total) for _ in range(2))
     clock = Interleave(lambda: train_steps(steps=1, **bare))
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        gradient_clip_val=None if manual else lightning_loop["clip_norm"],
-        callbacks=[clock],
-    )
+    trainer = bare_trainer(clock, gradient_clip_val=None if manual else lightning_loop["clip_norm"])
     trainer.fit(MinimalVAE(lightning_loop, manual), Batches(images, total))
     return sum(clock.bare[warmup : warmup + steps]) / sum(clock.lightning[warmup : warmup + steps])
 
@@ -175,13 +170,14 @@ def ceiling(args) -> None:
         images = training_images(cfg)
         rows = []
         for i in range(args.repeats):
-            rows.append([ceiling_ratio(cfg, images, manual, args.warmup, args.steps) for manual in (False, True)])
+            rows.append([ceiling_ratio(cfg, images, m, args.warmup, args.steps) for m in (False, True)])
             print(f"repeat {i + 1}: automatic {rows[-1][0]:.3f}, manual {rows[-1][1]:.3f}", flush=True)
     print(f"\n{args.threads} torch threads, torch {torch.__version__}, lightning {L.__version__}")
     print(f"model=vae on MNIST, batch 128, {args.warmup} warm-up + {args.steps} timed steps, interleaved\n")
     print("| minimal LightningModule | images/s vs the bare loop (median) | runs |")
     print("|---|---:|---:|")
-    for name, column in zip(("automatic optimization", "manual optimization"), zip(*rows, strict=True), strict=True):
+    names = ("automatic optimization", "manual optimization")
+    for name, column in zip(names, zip(*rows, strict=True), strict=True):
         print(f"| {name} | {statistics.median(column):.3f} | {', '.join(f'{r:.3f}' for r in column)} |")
 
 
