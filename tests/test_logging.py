@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from hydra.utils import instantiate
 from PIL import Image
 from torch.distributions import Independent, Normal
 
@@ -230,3 +231,40 @@ def test_image_panels_of_a_model_and_data_on_an_accelerator():
         assert type(on_device[name]) is np.ndarray and image.dtype == np.uint8 and image.shape[2] == 3, name
         np.testing.assert_array_equal(on_device[name], image, err_msg=name)
     np.testing.assert_array_equal(to_uint8(x.as_subclass(OnDevice)), to_uint8(x))  # the numpy boundary
+
+
+def test_the_progress_bar_redraws_on_a_clock_and_at_the_last_batch(monkeypatch):
+    """A redraw costs ~3 ms: at most one per min_interval seconds, plus the last batch of a
+    loop (so the bar ends at 100 %)."""
+    import time
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from vae_lightning.callbacks import ProgressBar
+
+    drawn = []
+    monkeypatch.setattr(TQDMProgressBar, "on_train_batch_end", lambda self, t, m, o, b, i: drawn.append(i + 1))
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    bar = ProgressBar(min_interval=0.5)
+    bar.train_progress_bar = SimpleNamespace(total=10)
+    for batch_idx in range(10):  # a step every 0.2 s
+        bar.on_train_batch_end(None, None, None, None, batch_idx)
+        clock[0] += 0.2
+    assert drawn == [1, 4, 7, 10]
+    with pytest.raises(ValueError, match="min_interval must be >= 0"):
+        ProgressBar(min_interval=-1)
+
+
+def test_the_default_progress_bar_shows_training_validation_and_test(make_cfg, capsys):
+    """The configured bar (conf/callbacks/default.yaml) runs through a whole fit and test and
+    ends every loop at 100 %."""
+    from vae_lightning.callbacks import ProgressBar
+    from vae_lightning.training import train
+
+    cfg = make_cfg("trainer.max_epochs=1", "++trainer.enable_progress_bar=true")
+    assert isinstance(instantiate(cfg.callbacks.progress_bar), ProgressBar)
+    train(cfg)
+    shown = capsys.readouterr().out  # Lightning's bars write to stdout
+    assert "Epoch 0: 100%" in shown and "Testing DataLoader 0: 100%" in shown, shown[-2000:]

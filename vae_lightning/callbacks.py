@@ -7,10 +7,14 @@ the most informative latent dimensions, a 2-D map of the posterior means coloure
 (labelled data), and the decoded manifold (2-D latent space). Every panel is written to
 ``<run_dir>/images/<panel>/epoch_NNN.png`` and sent to the W&B and TensorBoard loggers. All
 generation goes through ``vae_lightning.sampling``, like ``sample.py``. Only rank 0 draws.
+
+Also the training-time readouts that cost per step: ``Throughput`` (images/s) and
+``ProgressBar`` (a tqdm bar redrawn on a clock, not every step).
 """
 
 import io
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
@@ -189,3 +194,43 @@ class Throughput(L.Callback):
         if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0 and now > self._start:
             pl_module.log("train/images_per_s", self._images / (now - self._start))
             self._start, self._images = now, 0
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's tqdm progress bar, redrawn at most every ``min_interval`` seconds (and
+    always at the last batch of a loop), whatever the speed of a step.
+
+    A redraw reads the bar's metrics from Lightning and writes to the terminal (which W&B
+    also captures): ~3 ms on 2 CPU cores. Every 10 steps (a fixed ``refresh_rate``) that
+    was 2 % of the MLP's 17 ms step, and a 0.5 s conv step would still update only every
+    5 s. On the clock, the bar costs at most 3 ms per ``min_interval``.
+    """
+
+    def __init__(self, min_interval: float = 0.5, process_position: int = 0, leave: bool = False):
+        super().__init__(refresh_rate=1, process_position=process_position, leave=leave)
+        if not min_interval >= 0:
+            raise ValueError(f"callbacks.progress_bar.min_interval must be >= 0 seconds, got {min_interval}")
+        self.min_interval = float(min_interval)
+        self._drawn = -math.inf
+
+    def _due(self, bar: Any, n: int) -> bool:
+        """Whether to redraw ``bar`` at its ``n``-th batch (and, if so, start the clock)."""
+        now = time.monotonic()
+        total = getattr(bar, "total", None)
+        last = total is not None and n >= total
+        if not last and now - self._drawn < self.min_interval:
+            return False
+        self._drawn = now
+        return True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._due(self.train_progress_bar, batch_idx + 1):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._due(self.val_progress_bar, batch_idx + 1):
+            super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._due(self.test_progress_bar, batch_idx + 1):
+            super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
