@@ -43,6 +43,20 @@ def test_python_api_shapes_and_ranges():
     torch.testing.assert_close(zero, model.decode(torch.zeros(2, 4)).mean)
 
 
+@pytest.mark.parametrize("beta", [1.0, 4.0])
+def test_a_training_step_that_logs_nothing_has_the_same_loss_and_skips_the_reports(beta):
+    model = tiny_vae(beta=beta)
+    x = binary_batch(8)
+    torch.manual_seed(2)
+    lean = model._shared_step((x, None), "train", report=False)
+    torch.manual_seed(2)
+    full = model._shared_step((x, None), "train")
+    assert torch.equal(lean["loss"], full["loss"]) and torch.equal(lean["recon"], full["recon"])
+    assert "nelbo" not in lean and "kl" not in lean
+    torch.testing.assert_close(full["nelbo"], full["recon"] + full["kl_per_dim"].sum(1))
+    assert full["loss"].item() == pytest.approx((full["recon"] + beta * full["kl"]).mean().item(), rel=1e-5)
+
+
 def test_closed_form_kl_matches_torch_distributions():
     mu, logvar = torch.randn(8, 5), torch.randn(8, 5)
     q = Independent(Normal(mu, (0.5 * logvar).exp()), 1)

@@ -32,6 +32,12 @@ class Likelihood(nn.Module):
     discrete_8bit: bool = False  # log p is a probability of 8-bit pixels: bits/dim are defined
     support: tuple[float, float] = (0.0, 1.0)  # pixel values the family can explain
 
+    def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """−log p(x|z) in nats per image, ``(B,)``: ``-self(params).log_prob(x)``. Families
+        override it with the same number computed without building distribution objects
+        (the training step's path)."""
+        return -self(params).log_prob(x)
+
     def check_data(self, x: torch.Tensor) -> None:
         """Raise ConfigError when a batch of data lies outside this family's support."""
         lo, hi = x.min().item(), x.max().item()
@@ -53,6 +59,10 @@ class BernoulliLikelihood(Likelihood):
 
     def forward(self, logits: torch.Tensor) -> Distribution:
         return Independent(Bernoulli(logits=logits, validate_args=False), 3, validate_args=False)
+
+    def nll(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # what Bernoulli.log_prob negates, summed over (C, H, W) in the same order: bit-identical
+        return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
 
     def check_data(self, x: torch.Tensor) -> None:
         if not torch.all((x == 0) | (x == 1)):

@@ -162,8 +162,9 @@ class VAE(L.LightningModule):
         return self.decode(z.to(self.device)).mean.clamp(0, 1)
 
     # --- training and evaluation -------------------------------------------------------
-    def _shared_step(self, batch: Any, stage: str) -> dict[str, torch.Tensor]:
-        """The batch's training loss (scalar) and per-image terms in nats, ``(B,)``."""
+    def _shared_step(self, batch: Any, stage: str, report: bool = True) -> dict[str, torch.Tensor]:
+        """The batch's training loss (scalar) and per-image terms in nats, ``(B,)``; without
+        ``report`` only what the loss needs (training steps whose values nobody records)."""
         x = batch[0]
         if not self._data_checked:
             self.likelihood.check_data(x)  # one host sync, on the first batch only
@@ -176,19 +177,14 @@ class VAE(L.LightningModule):
             recon, loss = -log_px[0], self.objective.iwae_loss(log_w)
         else:
             z = mu + (0.5 * logvar).exp() * self._noise(mu, stage)  # reparameterised sample
-            recon = -self.decode(z).log_prob(x)  # (B,) −log p(x|z)
+            recon = self.likelihood.nll(self.decoder(z).float(), x)  # (B,) −log p(x|z), float32
             loss = self.objective.elbo_loss(recon, kl_per_dim, self.global_step)
-        kl = kl_per_dim.sum(dim=1)
-        terms = {
-            "loss": loss,
-            "recon": recon,
-            "kl": kl,
-            "nelbo": recon + kl,
-            "mu": mu,
-            "kl_per_dim": kl_per_dim,
-        }
-        if self.likelihood.discrete_8bit:
-            terms["bpd"] = bits_per_dim(terms["nelbo"], x[0].numel())
+        terms = {"loss": loss, "recon": recon, "mu": mu, "kl_per_dim": kl_per_dim}
+        if report:
+            terms["kl"] = kl_per_dim.sum(dim=1)
+            terms["nelbo"] = recon + terms["kl"]
+            if self.likelihood.discrete_8bit:
+                terms["bpd"] = bits_per_dim(terms["nelbo"], x[0].numel())
         return terms
 
     def _noise(self, mu: torch.Tensor, stage: str) -> torch.Tensor:
@@ -208,8 +204,9 @@ class VAE(L.LightningModule):
         self._eval_generator.manual_seed(EVAL_SEED * 1_000_003 + batch_idx * world + rank)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        terms = self._shared_step(batch, "train")
-        if self._logging_step():  # the values the loggers record: every trainer.log_every_n_steps
+        logging_step = self._logging_step()  # the values the loggers record: every log_every_n_steps
+        terms = self._shared_step(batch, "train", report=logging_step)
+        if logging_step:
             self.log("train/loss", terms["loss"], prog_bar=True)
             self.log_dict({f"train/{k}": terms[k].mean() for k in self.terms[1:]})
             self.log("train/beta", self.objective.beta_at(self.global_step))

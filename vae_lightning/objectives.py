@@ -88,7 +88,9 @@ class Objective:
 
     def elbo_loss(self, recon: torch.Tensor, kl_per_dim: torch.Tensor, step: int) -> torch.Tensor:
         """β-weighted −ELBO with warm-up and free bits, averaged over the batch."""
-        return recon.mean() + self.beta_at(step) * self.kl_penalty(kl_per_dim)
+        beta = self.beta_at(step)
+        penalty = self.kl_penalty(kl_per_dim)
+        return recon.mean() + (penalty if beta == 1 else beta * penalty)  # β = 1: no op (exact)
 
     @staticmethod
     def iwae_loss(log_w: torch.Tensor) -> torch.Tensor:
