@@ -244,7 +244,8 @@ def test_the_progress_bar_redraws_on_a_clock_and_at_the_last_batch(monkeypatch):
     from vae_lightning.callbacks import ProgressBar
 
     drawn = []
-    monkeypatch.setattr(TQDMProgressBar, "on_train_batch_end", lambda self, t, m, o, b, i: drawn.append(i + 1))
+    record = lambda self, trainer, module, outputs, batch, i: drawn.append(i + 1)  # noqa: E731
+    monkeypatch.setattr(TQDMProgressBar, "on_train_batch_end", record)
     clock = [100.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     bar = ProgressBar(min_interval=0.5)
