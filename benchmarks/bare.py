@@ -59,8 +59,10 @@ def train_steps(
     """Run ``steps`` optimizer steps; return ``time.perf_counter()`` after each one (on a
     GPU, stamps are exact only after the steps in ``sync_after``, which wait for the
     device). ``on_step(step)`` runs after each step and may return True to stop.
-    ``clip_norm``: gradients clipped to this total norm before each step; ``scheduler``:
-    stepped after each step."""
+    ``clip_norm``: gradients clipped to this total norm before each step, as the framework's
+    step guard does it (the norm, then a rescale only when it is exceeded; on a GPU the
+    rescale is always applied, ``clip_grad_norm_``'s way, rather than reading the norm on
+    the host); ``scheduler``: stepped after each step."""
     encoder.train(), decoder.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     stamps = []
@@ -71,7 +73,9 @@ def train_steps(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            if cuda or float(norm) > clip_norm:
+                torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

@@ -65,12 +65,15 @@ class StepClock(L.Callback):
 
     framework: list[float] = []  # seconds per step of the latest run (read by the script)
     bare: list[float] = []
-    bare_step = None  # () -> None, set by the script before each run; None: window clock
+    bare_step = None  # () -> None, set by on_train_start from bare_loop_for; None: window clock
+    bare_loop_for = None  # (the run's optimizer steps) -> bare_step, set by the script (interleave)
     window = (0, 0)
 
     def on_train_start(self, trainer, pl_module) -> None:
         StepClock.framework, StepClock.bare = [], []
         self._resumed = None
+        if StepClock.bare_loop_for is not None:  # a schedule as long as the framework's run
+            StepClock.bare_step = StepClock.bare_loop_for(int(trainer.estimated_stepping_batches))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if StepClock.bare_step is None and batch_idx == StepClock.window[0]:  # one epoch: step = batch
@@ -170,15 +173,20 @@ def measure_pair(cfg, images: torch.Tensor, args) -> tuple[float, ...]:
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     batch = cfg.data.batch_size
     if args.clock == "window":
-        StepClock.bare_step, StepClock.window = None, (args.warmup, args.warmup + args.steps)
+        StepClock.bare_loop_for, StepClock.bare_step = None, None
+        StepClock.window = (args.warmup, args.warmup + args.steps)
         train(cfg)
         if not StepClock.framework:
             raise RuntimeError(f"the framework run ended before step {args.warmup + args.steps}")
         seconds = [StepClock.framework[0]]
         seconds += [bare_window(cfg, images, device, args, read_norm) for read_norm in (False, True)]
         return tuple(args.steps * batch / s for s in seconds)
-    loop = bare_loop(cfg, images, device, args.warmup + args.steps + 1)  # the framework's run length
-    StepClock.bare_step = lambda: train_steps(steps=1, **loop)
+
+    def bare_loop_for(total_steps: int):
+        loop = bare_loop(cfg, images, device, total_steps)
+        return lambda: train_steps(steps=1, **loop)
+
+    StepClock.bare_loop_for = bare_loop_for
     train(cfg)
     fw = images_per_s(StepClock.framework, args.warmup, args.steps, batch)
     return fw, images_per_s(StepClock.bare, args.warmup, args.steps, batch)

@@ -249,9 +249,12 @@ def test_the_progress_bar_redraws_on_a_clock_and_at_the_last_batch(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     bar = ProgressBar(min_interval=0.5)
-    bar.train_progress_bar = SimpleNamespace(total=10)
+    assert bar.refresh_rate == 1  # the clock decides, whatever Lightning's environment rules say
+    bar.train_progress_bar = SimpleNamespace(total=10, n=0)
     for batch_idx in range(10):  # a step every 0.2 s
         bar.on_train_batch_end(None, None, None, None, batch_idx)
+        if batch_idx == 8:  # not redrawn, but counted: an early stop or the epoch's end shows 9
+            assert bar.train_progress_bar.n == 9
         clock[0] += 0.2
     assert drawn == [1, 4, 7, 10]
     with pytest.raises(ValueError, match="min_interval must be >= 0"):

@@ -179,6 +179,10 @@ def test_the_nvml_probe_is_turned_off_only_where_nvml_does_not_load(monkeypatch)
     assert speed.NVML_PROBE not in os.environ
     assert torch.cuda.is_available() == answer
     assert not speed.skip_failing_nvml_probe()  # nothing left to remove
+    monkeypatch.setenv(speed.NVML_PROBE, "1")
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm: the check asks AMD's library, kept
+    assert not speed.skip_failing_nvml_probe()
+    assert os.environ[speed.NVML_PROBE] == "1"
 
 
 def test_a_training_process_without_nvml_does_not_probe_it(make_cfg, tmp_path):

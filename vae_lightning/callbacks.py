@@ -213,12 +213,22 @@ class ProgressBar(TQDMProgressBar):
         self.min_interval = float(min_interval)
         self._drawn = -math.inf
 
+    @property
+    def refresh_rate(self) -> int:
+        """1: every batch is a candidate, the clock decides (Lightning would otherwise change
+        the rate for Colab or ``TQDM_MINITERS``, and skip batches the clock chose)."""
+        return 1
+
     def _due(self, bar: Any, n: int) -> bool:
-        """Whether to redraw ``bar`` at its ``n``-th batch (and, if so, start the clock)."""
+        """Whether to redraw ``bar`` at its ``n``-th batch (and, if so, start the clock). When
+        not, the bar's count still moves (no redraw), so whatever redraws it next -- the
+        epoch's end, an early stop, a loop of unknown length -- shows the right count."""
         now = time.monotonic()
         total = getattr(bar, "total", None)
         last = total is not None and n >= total
         if not last and now - self._drawn < self.min_interval:
+            if bar is not None:
+                bar.n = n
             return False
         self._drawn = now
         return True

@@ -45,9 +45,9 @@ def skip_failing_nvml_probe() -> bool:
     attempt costs ~0.1 ms: 1 ms per step of the MLP on MNIST on 2 CPU cores (6 %). Where
     the library does not load, torch falls back to the CUDA runtime's count on every call
     anyway, so the variable protects nothing there and is removed. Machines with a driver
-    keep it.
+    keep it, and so do ROCm builds (their check asks AMD's library, not NVML).
     """
-    if os.environ.get(NVML_PROBE) != "1":
+    if os.environ.get(NVML_PROBE) != "1" or torch.version.hip:
         return False
     try:
         ctypes.CDLL("libnvidia-ml.so.1")  # the library torch's check loads
