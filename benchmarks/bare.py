@@ -35,6 +35,15 @@ def negative_elbo(
     return recon + kl
 
 
+def clip(params: list[torch.Tensor], clip_norm: float) -> None:
+    """Clip the gradients to ``clip_norm`` the way the framework's step guard does: the total
+    norm, then a rescale only when it is exceeded (on a GPU always, ``clip_grad_norm_``'s
+    way, rather than reading the norm on the host)."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if norm.is_cuda or float(norm) > clip_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
+
+
 def batches(images: torch.Tensor, batch_size: int, binarize: bool, generator: torch.Generator):
     """Endless shuffled training batches, floats in [0, 1] (binarised afresh when asked)."""
     while True:
@@ -59,10 +68,8 @@ def train_steps(
     """Run ``steps`` optimizer steps; return ``time.perf_counter()`` after each one (on a
     GPU, stamps are exact only after the steps in ``sync_after``, which wait for the
     device). ``on_step(step)`` runs after each step and may return True to stop.
-    ``clip_norm``: gradients clipped to this total norm before each step, as the framework's
-    step guard does it (the norm, then a rescale only when it is exceeded; on a GPU the
-    rescale is always applied, ``clip_grad_norm_``'s way, rather than reading the norm on
-    the host); ``scheduler``: stepped after each step."""
+    ``clip_norm``: gradients clipped to this total norm before each step (``clip``);
+    ``scheduler``: stepped after each step."""
     encoder.train(), decoder.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     stamps = []
@@ -73,9 +80,7 @@ def train_steps(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm is not None:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            if cuda or float(norm) > clip_norm:
-                torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
+            clip(params, clip_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "benchmarks")]
 
-from bare import negative_elbo, train_steps  # noqa: E402
+from bare import clip, negative_elbo, train_steps  # noqa: E402
 from throughput import CASES, bare_loop, data_folder, training_images  # noqa: E402
 
 
@@ -109,14 +109,19 @@ class MinimalVAE(L.LightningModule):
         x = torch.bernoulli(images.float().div_(255))
         loss = negative_elbo(self.encoder, self.decoder, x, "bernoulli").mean()
         if self.automatic_optimization:
-            return loss  # clipping: the Trainer's gradient_clip_val
+            return loss  # clipped in configure_gradient_clipping
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        self.clip_gradients(optimizer, self.loop["clip_norm"], "norm")
+        self.configure_gradient_clipping(optimizer)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """As the bare loop clips (``bare.clip``; Lightning's own always rescales)."""
+        if self.loop["clip_norm"] is not None:
+            clip([p for group in optimizer.param_groups for p in group["params"]], self.loop["clip_norm"])
 
     def configure_optimizers(self):
         if self.loop["scheduler"] is None:
@@ -161,7 +166,7 @@ def ceiling_ratio(cfg, images: torch.Tensor, manual: bool, warmup: int, steps: i
     total = warmup + steps + 1
     lightning_loop, bare = (bare_loop(cfg, images, torch.device("cpu"), total) for _ in range(2))
     clock = Interleave(lambda: train_steps(steps=1, **bare))
-    trainer = bare_trainer(clock, gradient_clip_val=None if manual else lightning_loop["clip_norm"])
+    trainer = bare_trainer(clock)
     trainer.fit(MinimalVAE(lightning_loop, manual), Batches(images, total, cfg.data.batch_size))
     return sum(clock.bare[warmup : warmup + steps]) / sum(clock.lightning[warmup : warmup + steps])
 
