@@ -10,7 +10,6 @@ with fixed σ, mean = the decoder output) plus the closed-form KL to N(0, I).
 
 import math
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +34,14 @@ def negative_elbo(
     return recon + kl
 
 
-def clip(params: list[torch.Tensor], clip_norm: float) -> None:
-    """Clip the gradients to ``clip_norm`` the way the framework's step guard does: the total
-    norm, then a rescale only when it is exceeded (on a GPU always, ``clip_grad_norm_``'s
-    way, rather than reading the norm on the host)."""
+def clip(params: list[torch.Tensor], clip_norm: float | None, read_norm: bool = False) -> None:
+    """The gradients' total norm, used the way the framework's step guard uses it: read on
+    the host (free on a CPU; on a GPU only with ``read_norm``, the guard's one sync per
+    step), and the gradients rescaled to ``clip_norm`` only when it is exceeded (always
+    when the norm stays on the GPU, ``clip_grad_norm_``'s way)."""
     norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    if norm.is_cuda or float(norm) > clip_norm:
+    value = float(norm) if read_norm or not norm.is_cuda else None
+    if clip_norm is not None and (value is None or value > clip_norm):
         torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
 
 
@@ -60,15 +61,14 @@ def train_steps(
     data,
     steps: int,
     likelihood: str,
-    on_step: Callable[[int], bool] | None = None,
     sync_after: tuple[int, ...] = (),
     clip_norm: float | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    read_norm: bool = False,
 ) -> list[float]:
     """Run ``steps`` optimizer steps; return ``time.perf_counter()`` after each one (on a
     GPU, stamps are exact only after the steps in ``sync_after``, which wait for the
-    device). ``on_step(step)`` runs after each step and may return True to stop.
-    ``clip_norm``: gradients clipped to this total norm before each step (``clip``);
+    device). ``clip_norm``, ``read_norm``: the gradient norm before each step (``clip``);
     ``scheduler``: stepped after each step."""
     encoder.train(), decoder.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -79,14 +79,12 @@ def train_steps(
         loss = negative_elbo(encoder, decoder, x, likelihood).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if clip_norm is not None:
-            clip(params, clip_norm)
+        if clip_norm is not None or read_norm:
+            clip(params, clip_norm, read_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         if cuda and step + 1 in sync_after:
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
-        if on_step is not None and on_step(step + 1):
-            break
     return stamps

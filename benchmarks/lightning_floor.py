@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "benchmarks")]
 
 from bare import clip, negative_elbo, train_steps  # noqa: E402
-from throughput import CASES, bare_loop, data_folder, training_images  # noqa: E402
+from throughput import CASES, StepClock, bare_loop, data_folder, images_per_s, training_images  # noqa: E402
 
 
 class Nearly(L.LightningModule):
@@ -47,24 +47,9 @@ class Nearly(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-3, fused=True)
 
 
-class Clock(L.Callback):
-    """Seconds for steps ``[warmup, warmup + steps)`` (read by the script)."""
-
-    def __init__(self, warmup: int, steps: int):
-        self.window, self.seconds = (warmup, warmup + steps), 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.window[0]:
-            self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx == self.window[1] - 1:
-            self.seconds = time.perf_counter() - self._start
-
-
-def bare_trainer(clock: L.Callback, **kwargs) -> L.Trainer:
-    """A ``lightning.Trainer`` for one epoch on the CPU with nothing but ``clock``: no logger,
-    checkpointing, progress bar or model summary."""
+def bare_trainer() -> L.Trainer:
+    """A ``lightning.Trainer`` for one epoch on the CPU with nothing but ``throughput``'s
+    ``StepClock``: no logger, checkpointing, progress bar or model summary."""
     return L.Trainer(
         accelerator="cpu",
         max_epochs=1,
@@ -72,15 +57,14 @@ def bare_trainer(clock: L.Callback, **kwargs) -> L.Trainer:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[clock],
-        **kwargs,
+        callbacks=[StepClock()],
     )
 
 
 def lightning_ms(batches: list[torch.Tensor], warmup: int, steps: int) -> float:
-    clock = Clock(warmup, steps)
-    bare_trainer(clock).fit(Nearly(), torch.utils.data.DataLoader(batches, batch_size=None))
-    return clock.seconds / steps * 1e3
+    StepClock.bare_loop_for, StepClock.window = None, (warmup, warmup + steps)  # window clock
+    bare_trainer().fit(Nearly(), torch.utils.data.DataLoader(batches, batch_size=None))
+    return StepClock.framework[0] / steps * 1e3
 
 
 def bare_ms(batches: list[torch.Tensor], warmup: int, steps: int) -> float:
@@ -145,30 +129,18 @@ class Batches:
         return (self.images[order[i * b : (i + 1) * b]] for i in range(self.n))
 
 
-class Interleave(L.Callback):
-    """After each Lightning step, one bare step; both timed alone (``throughput.StepClock``)."""
-
-    def __init__(self, bare_step):
-        self.bare_step, self.lightning, self.bare, self._resumed = bare_step, [], [], None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        end = time.perf_counter()
-        if self._resumed is not None:
-            self.lightning.append(end - self._resumed)
-        start = time.perf_counter()
-        self.bare_step()
-        self._resumed = time.perf_counter()
-        self.bare.append(self._resumed - start)
-
-
 def ceiling_ratio(cfg, images: torch.Tensor, manual: bool, warmup: int, steps: int) -> float:
     """Images/s of the minimal LightningModule / the bare loop over steps [warmup, warmup + steps)."""
-    total = warmup + steps + 1
-    lightning_loop, bare = (bare_loop(cfg, images, torch.device("cpu"), total) for _ in range(2))
-    clock = Interleave(lambda: train_steps(steps=1, **bare))
-    trainer = bare_trainer(clock)
-    trainer.fit(MinimalVAE(lightning_loop, manual), Batches(images, total, cfg.data.batch_size))
-    return sum(clock.bare[warmup : warmup + steps]) / sum(clock.lightning[warmup : warmup + steps])
+    total, cpu, batch = warmup + steps + 1, torch.device("cpu"), cfg.data.batch_size
+
+    def bare_loop_for(run_steps: int):  # StepClock's interleave clock: a bare step after each
+        loop = bare_loop(cfg, images, cpu, run_steps)
+        return lambda: train_steps(steps=1, **loop)
+
+    StepClock.bare_loop_for = bare_loop_for
+    bare_trainer().fit(MinimalVAE(bare_loop(cfg, images, cpu, total), manual), Batches(images, total, batch))
+    lightning = images_per_s(StepClock.framework, warmup, steps, batch)
+    return lightning / images_per_s(StepClock.bare, warmup, steps, batch)
 
 
 def ceiling(args) -> None:

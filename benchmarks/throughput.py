@@ -59,28 +59,28 @@ CASES = {
 
 
 class StepClock(L.Callback):
-    """``interleave``: times every framework step and, right after it, one step of the bare
-    loop (``bare_step``), so that the two alternate step by step. ``window`` (``bare_step``
-    None): times steps ``[window[0], window[1])`` of the framework as one interval."""
+    """``interleave`` (``bare_loop_for`` set): times every framework step and, right after
+    it, one step of the bare loop, so that the two alternate step by step. ``window``
+    (``bare_loop_for`` None): times steps ``[window[0], window[1])`` of the framework as one
+    interval."""
 
     framework: list[float] = []  # seconds per step of the latest run (read by the script)
     bare: list[float] = []
-    bare_step = None  # () -> None, set by on_train_start from bare_loop_for; None: window clock
-    bare_loop_for = None  # (the run's optimizer steps) -> bare_step, set by the script (interleave)
+    bare_loop_for = None  # (the run's optimizer steps) -> a function running one bare step
     window = (0, 0)
 
     def on_train_start(self, trainer, pl_module) -> None:
         StepClock.framework, StepClock.bare = [], []
         self._resumed = None
-        if StepClock.bare_loop_for is not None:  # a schedule as long as the framework's run
-            StepClock.bare_step = StepClock.bare_loop_for(int(trainer.estimated_stepping_batches))
+        loop_for = StepClock.bare_loop_for  # a bare schedule as long as the framework's run
+        self._bare_step = loop_for(int(trainer.estimated_stepping_batches)) if loop_for else None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if StepClock.bare_step is None and batch_idx == StepClock.window[0]:  # one epoch: step = batch
+        if self._bare_step is None and batch_idx == StepClock.window[0]:  # one epoch: step = batch
             self._resumed = _now(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if StepClock.bare_step is None:
+        if self._bare_step is None:
             if batch_idx == StepClock.window[1] - 1:
                 StepClock.framework.append(_now(pl_module.device) - self._resumed)
             return
@@ -88,7 +88,7 @@ class StepClock(L.Callback):
         if self._resumed is not None:
             StepClock.framework.append(end - self._resumed)
         start = _now(pl_module.device)
-        StepClock.bare_step()
+        self._bare_step()
         self._resumed = _now(pl_module.device)
         StepClock.bare.append(self._resumed - start)
 
@@ -155,14 +155,7 @@ def bare_window(cfg, images: torch.Tensor, device: torch.device, args, read_norm
     gradient norm read on the host after every step, as the framework's guard does)."""
     end = args.warmup + args.steps
     loop = bare_loop(cfg, images, device, end + 1)
-    params = [*loop["encoder"].parameters(), *loop["decoder"].parameters()]
-
-    def on_step(step: int) -> bool:
-        if read_norm:
-            float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-        return False
-
-    stamps = train_steps(steps=end, on_step=on_step, sync_after=(args.warmup, end), **loop)
+    stamps = train_steps(steps=end, sync_after=(args.warmup, end), read_norm=read_norm, **loop)
     return stamps[end - 1] - stamps[args.warmup - 1]
 
 
@@ -173,8 +166,7 @@ def measure_pair(cfg, images: torch.Tensor, args) -> tuple[float, ...]:
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     batch = cfg.data.batch_size
     if args.clock == "window":
-        StepClock.bare_loop_for, StepClock.bare_step = None, None
-        StepClock.window = (args.warmup, args.warmup + args.steps)
+        StepClock.bare_loop_for, StepClock.window = None, (args.warmup, args.warmup + args.steps)
         train(cfg)
         if not StepClock.framework:
             raise RuntimeError(f"the framework run ended before step {args.warmup + args.steps}")

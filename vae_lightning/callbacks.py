@@ -224,11 +224,9 @@ class ProgressBar(TQDMProgressBar):
         not, the bar's count still moves (no redraw), so whatever redraws it next -- the
         epoch's end, an early stop, a loop of unknown length -- shows the right count."""
         now = time.monotonic()
-        total = getattr(bar, "total", None)
-        last = total is not None and n >= total
+        last = bar.total is not None and n >= bar.total  # None: a loop of unknown length
         if not last and now - self._drawn < self.min_interval:
-            if bar is not None:
-                bar.n = n
+            bar.n = n
             return False
         self._drawn = now
         return True
