@@ -47,7 +47,7 @@ from conftest import make_mnist  # noqa: E402
 from synthetic_images import make_celeba  # noqa: E402
 
 from vae_lightning.data.device import to_device  # noqa: E402
-from vae_lightning.module import WHOLE_RUN_KEYS  # noqa: E402
+from vae_lightning.training_state import WHOLE_RUN_KEYS  # noqa: E402
 from vae_lightning.training import train  # noqa: E402
 
 COLUMNS = ("framework", "bare", "bare+sync")
@@ -127,7 +127,7 @@ def bare_loop(cfg, images: torch.Tensor, device: torch.device, total_steps: int)
     networks and optimizer config, built fresh, its endless batches, and the rest of the
     config's recipe -- clipping to ``trainer.gradient_clip_val`` and the learning-rate
     schedule over the run's ``total_steps`` -- so that both loops do the same arithmetic."""
-    model = instantiate(cfg.model)  # only for its encoder and decoder: plain nn.Modules
+    model = instantiate(cfg.model).model  # the flat model, only for its encoder and decoder
     encoder, decoder = model.encoder.to(device), model.decoder.to(device)
     optimizer = instantiate(cfg.model.optimizer)([*encoder.parameters(), *decoder.parameters()])
     scheduler = None

@@ -92,7 +92,8 @@ def bare_history(cfg, images: torch.Tensor, evaluator: Evaluator, args) -> list[
     a user writes it, batch 128, dynamic binarisation; evaluated after every epoch."""
     L.seed_everything(cfg.seed, verbose=False)
     plain = compose_cfg(Path(cfg.paths.log_dir), ["model=vae", "model.encoder.activation=relu"])
-    model = instantiate(plain.model)  # for its encoder and decoder, and to evaluate them
+    vae = instantiate(plain.model)  # for its encoder and decoder, and to evaluate them
+    model = vae.model
     optimizer = torch.optim.Adam([*model.encoder.parameters(), *model.decoder.parameters()], lr=1e-3)
     data = batches(images, 128, True, torch.Generator().manual_seed(cfg.seed))
     steps, history, seconds = len(images) // 128, [], 0.0

@@ -186,22 +186,33 @@ class OnDevice(torch.Tensor):
 
 
 class ModelOnDevice(torch.nn.Module):
-    """The VAE's public API (``encode``, ``decode``, ``prior``, ``latent_dim``) with every
-    output on the pretend accelerator, as a model on a GPU gives."""
+    """A flat model's interface (``models.LatentVariableModel``) with every output on the
+    pretend accelerator, as a model on a GPU gives."""
 
-    def __init__(self, vae):
+    def __init__(self, model):
         super().__init__()
-        self.vae, self.latent_dim = vae, vae.latent_dim
+        self.model, self.latent_dim, self.num_groups = model, model.latent_dim, model.num_groups
+        self.split_noise = model.split_noise
 
     def encode(self, x: torch.Tensor):
-        return self.vae.encode(x.as_subclass(OnDevice))
+        return self.model.encode(x.as_subclass(OnDevice))
 
     def decode(self, z: torch.Tensor):
-        return self.vae.decode(z.as_subclass(OnDevice))
+        return self.model.decode(z.as_subclass(OnDevice))
+
+    def reconstruct(self, x: torch.Tensor):
+        return self.model.reconstruct(x.as_subclass(OnDevice))
 
     def prior(self):
-        p = self.vae.prior().base_dist
+        p = self.model.prior().base_dist
         return Independent(Normal(p.loc.as_subclass(OnDevice), p.scale.as_subclass(OnDevice)), 1)
+
+    def prior_noise(self, n, generator=None):
+        return self.model.prior_noise(n, generator).as_subclass(OnDevice)
+
+    def decode_noise(self, noise, temperature=1.0):
+        _, z = self.model.decode_noise(noise, temperature)
+        return self.decode(z), z.as_subclass(OnDevice)
 
 
 def test_image_panels_of_a_model_and_data_on_an_accelerator():
@@ -223,8 +234,8 @@ def test_image_panels_of_a_model_and_data_on_an_accelerator():
     x = torch.bernoulli(torch.full((40, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
     labels = torch.arange(40) % 4
     callback = ImagePanels(n_images=4, n_samples=4, n_pairs=1, steps=3, n_dims=2)
-    on_host = callback.draw(vae, x, labels)
-    on_device = callback.draw(ModelOnDevice(vae), x.as_subclass(OnDevice), labels.as_subclass(OnDevice))
+    on_host = callback.draw(vae.model, x, labels)
+    on_device = callback.draw(ModelOnDevice(vae.model), x.as_subclass(OnDevice), labels.as_subclass(OnDevice))
     names = {"reconstructions", "prior_samples", "interpolations", "traversals", "latent_map", "manifold"}
     assert set(on_host) == set(on_device) == names
     for name, image in on_host.items():

@@ -8,6 +8,7 @@ from torch.distributions import Independent, MultivariateNormal, Normal
 
 from vae_lightning.errors import ConfigError
 from vae_lightning.metrics import importance_weighted_nll
+from vae_lightning.models import FlatVAE, LatentVariableModel
 from vae_lightning.objectives import Objective, gaussian_kl
 
 
@@ -57,11 +58,16 @@ def test_iwae_loss_with_one_sample_is_the_negative_log_weight():
     assert Objective.iwae_loss(log_w).item() == pytest.approx(0.0, abs=1e-6)
 
 
-class LinearGaussianVAE:
+class LinearGaussianVAE(LatentVariableModel):
     """p(z) = N(0, I), p(x|z) = N(Wz + b, σ² I): log p(x) = log N(x; b, WWᵀ + σ² I) is known.
-    q(z|x) is deliberately not the true posterior, so the ELBO has a gap to close."""
+    q(z|x) is deliberately not the true posterior, so the ELBO has a gap to close. Its
+    importance weights are the flat VAE's own code (``FlatVAE.log_weight_terms``)."""
+
+    posterior_context = FlatVAE.posterior_context
+    log_weight_terms = FlatVAE.log_weight_terms
 
     def __init__(self, d_x=6, d_z=3, sigma=0.5, seed=0):
+        super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.W, self.b, self.sigma = torch.randn(d_x, d_z, generator=g), torch.randn(d_x, generator=g), sigma
         self.post_cov = torch.linalg.inv(torch.eye(d_z) + self.W.T @ self.W / sigma**2)

@@ -178,7 +178,7 @@ def test_interpolation_paths_and_traversal_ranking(run32):
         z = sampling.interpolate_latents(z_a, z_b, 5, path)[0]
         assert torch.allclose(z[0], z_a[0]) and torch.allclose(z[-1], z_b[0], atol=1e-6)
     assert torch.allclose(sampling.interpolate_latents(z_a, z_b, 5, "slerp").norm(dim=-1), torch.tensor(3.0))
-    model = load_vae(resolve_checkpoint(run32))
+    model = load_vae(resolve_checkpoint(run32)).model  # the plain model, as sample.py passes it
     x = torch.rand(8, 1, 28, 28).round()
     order, kl = sampling.rank_latent_dims(model, x)
     assert sorted(order) == list(range(32)) and kl[order[0]] >= kl[order[-1]] >= 0
@@ -252,8 +252,8 @@ EXPECTED = {
     "empty": " is not a readable PyTorch checkpoint (an empty file)",
     "truncated": " is not a readable PyTorch checkpoint (RuntimeError: PytorchStreamReader failed",
     "state_dict": " is a plain state_dict (tensors only)",
-    "other": " is a Lightning checkpoint of another model: its hyper_parameters lack encoder, decoder",
-    "no_hp": " is a Lightning checkpoint of another model: its hyper_parameters lack encoder, decoder",
+    "other": " is a Lightning checkpoint of another model: its hyper_parameters lack image_shape, optimizer",
+    "no_hp": " is a Lightning checkpoint of another model: its hyper_parameters lack image_shape, optimizer",
     "resized": ": its weights do not fit the VAE its hyper_parameters describe (RuntimeError",
     "os_target": ": the VAE its hyper_parameters describe cannot be built (ConfigError",
 }

@@ -99,7 +99,7 @@ def test_channels_last_conv_vae_computes_the_same_loss(make_cfg):
     cfg.model.channels_last = True
     fast = instantiate(cfg.model)
     fast.load_state_dict(plain.state_dict())
-    conv = next(m for m in fast.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    conv = next(m for m in fast.model.encoder.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.bernoulli(torch.rand(8, 1, 28, 28))
     torch.manual_seed(0)

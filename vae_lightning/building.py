@@ -18,20 +18,24 @@ def plain_config(value: Any) -> Any:
     return value
 
 
-def build_from_config(cfg: Mapping[str, Any], base: type, what: str, **kwargs: Any) -> Any:
-    """Construct ``cfg["_target_"]`` with the other keys plus ``kwargs``.
+def build_from_config(
+    cfg: Mapping[str, Any], base: type, what: str, target_key: str | None = None, **kwargs: Any
+) -> Any:
+    """Construct ``cfg["_target_"]`` with the other keys plus ``kwargs``; errors name the
+    keys as ``<what>.<key>`` (the target as ``target_key``, default ``<what>._target_``).
 
     Only subclasses of ``base`` are built: a checkpoint names its classes as strings, and
     loading one must never call an arbitrary function.
     """
     target = str(cfg.get("_target_"))
+    target_key = target_key or f"{what}._target_"
     module_name, _, name = target.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"{what}._target_={target!r} cannot be imported: {err}") from None
+        raise ConfigError(f"{target_key}={target!r} cannot be imported: {err}") from None
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ConfigError(f"{what}._target_={target!r} is not a {base.__module__}.{base.__name__}")
+        raise ConfigError(f"{target_key}={target!r} is not a {base.__module__}.{base.__name__}")
     args = {key: value for key, value in cfg.items() if not key.startswith("_")}
     try:
         return cls(**args, **kwargs)

@@ -16,6 +16,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,10 @@ def latent_map(z: torch.Tensor, labels: torch.Tensor, dims: tuple[int, int]) -> 
 class ImagePanels(L.Callback):
     """See the module docstring. ``n_images`` validation images are reconstructed (the first
     ``2 * n_pairs`` of them are interpolated in pairs, the first one is traversed along the
-    ``n_dims`` highest-KL dimensions); ``n_samples`` prior samples; up to ``map_points``
-    validation images go into the latent map."""
+    ``n_dims`` highest-KL dimensions); ``n_samples`` prior samples at each of
+    ``temperatures`` (panel ``prior_samples`` at the first, ``prior_samples_t<T>`` at the
+    others, from the same noise); up to ``map_points`` validation images go into the latent
+    map. The model drawn is the system's ``eval_model`` (the EMA weights, if any)."""
 
     def __init__(
         self,
@@ -84,11 +87,14 @@ class ImagePanels(L.Callback):
         map_points: int = 2000,
         seed: int = 0,
         out_dir: str | None = None,
+        temperatures: Sequence[float] = (1.0,),
     ):
-        if every_n_epochs < 1 or n_images < 2 or n_samples < 1 or steps < 2:
+        if every_n_epochs < 1 or n_images < 2 or n_samples < 1 or steps < 2 or not temperatures:
             raise ValueError(
-                "callbacks.images needs every_n_epochs >= 1, n_images >= 2, n_samples >= 1 and steps >= 2"
+                "callbacks.images needs every_n_epochs >= 1, n_images >= 2, n_samples >= 1, steps >= 2 "
+                "and at least one temperature"
             )
+        self.temperatures = [float(t) for t in temperatures]
         self.every_n_epochs, self.n_images, self.n_samples = every_n_epochs, n_images, n_samples
         self.n_pairs, self.steps, self.n_dims = n_pairs, steps, n_dims
         self.map_points, self.seed = map_points, seed
@@ -128,7 +134,7 @@ class ImagePanels(L.Callback):
             return
         x, labels = self._fixed_images(trainer, pl_module.device)
         with torch.no_grad():
-            panels = self.draw(pl_module, x, labels)
+            panels = self.draw(pl_module.eval_model, x, labels)
         folder = self.out_dir or Path(trainer.default_root_dir) / "images"
         for name, image in panels.items():
             path = folder / name / f"epoch_{trainer.current_epoch:03d}.png"
@@ -137,14 +143,15 @@ class ImagePanels(L.Callback):
         self._send(trainer, panels)
 
     def draw(self, model: Any, x: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
-        """Every panel for this model, as uint8 RGB images keyed by panel name."""
+        """Every panel for ``model`` (a ``models.LatentVariableModel``), as uint8 RGB images
+        keyed by panel name."""
         device = sampling.model_device(model)
-        generator = torch.Generator(device=device).manual_seed(self.seed)  # the same noise each time
         batch = x[: self.n_images]
-        panels = {
-            "reconstructions": panel_image(sampling.reconstructions(model, batch)),
-            "prior_samples": panel_image(sampling.prior_samples(model, self.n_samples, generator)),
-        }
+        panels = {"reconstructions": panel_image(sampling.reconstructions(model, batch))}
+        for i, t in enumerate(self.temperatures):
+            generator = torch.Generator(device=device).manual_seed(self.seed)  # the same noise each time
+            samples = sampling.prior_samples(model, self.n_samples, generator, temperature=t)
+            panels["prior_samples" if i == 0 else f"prior_samples_t{t:g}"] = panel_image(samples)
         pairs = min(self.n_pairs, len(batch) // 2)
         if pairs:
             a, b = batch[:pairs], batch[pairs : 2 * pairs]

@@ -8,7 +8,7 @@ epoch, ``last.ckpt`` each epoch and every ``every_n_train_steps`` steps.
 checkpoint ``checkpoints/epoch_*.ckpt``, else ``checkpoints/last.ckpt``) or a multirun job
 directory (same layout). Files are read with ``torch.load(..., weights_only=True)``, which
 only rebuilds tensors and plain Python values, so a malicious pickle cannot run code; the
-network classes a checkpoint names must be ``nn.Module``s (see ``vae_lightning.module``).
+classes a checkpoint names must be models, ``nn.Module``s or optimizers (``building.py``).
 Every way a path can be wrong becomes a ``CheckpointError`` naming the file and the fix.
 """
 
@@ -25,9 +25,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vae_lightning.errors import CheckpointError, ConfigError
-from vae_lightning.module import VAE
+from vae_lightning.system import VAE
 
-REQUIRED_HPARAMS = ("encoder", "decoder", "image_shape", "latent_dim")
+REQUIRED_HPARAMS = ("image_shape", "optimizer")  # what every vae_lightning.VAE saves, whatever its model
 FIX = (
     "  fix: point ckpt_path at a .ckpt file written by train.py, or at its run directory "
     "(logs/train/runs/<time>/ or logs/train/multiruns/<time>/<job>/)."

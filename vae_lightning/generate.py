@@ -30,7 +30,7 @@ class Request:
     mode: str
     n: int
     steps: int
-    temperature: float
+    temperature: float | list[float]
     seed: int
     draw: bool
     batch_size: int
@@ -85,8 +85,12 @@ def _check_numbers(raw: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(raw["seed"], int):
         raise ConfigError(f"seed must be an integer, got {raw['seed']!r}")
     temperature, radius = raw["temperature"], raw["radius"]
-    if not _is_number(temperature) or temperature < 0:
-        raise ConfigError(f"temperature must be a number >= 0, got {temperature!r}")
+    values = temperature if isinstance(temperature, list) and temperature else [temperature]
+    if not all(_is_number(t) and t >= 0 for t in values):
+        raise ConfigError(
+            "temperature must be a number >= 0, or a list of them (one per latent group), "
+            f"got {temperature!r}"
+        )
     if not _is_number(radius) or radius <= 0:
         raise ConfigError(f"radius must be a number > 0, got {radius!r}")
     if raw["path"] not in sampling.PATHS:
@@ -154,14 +158,16 @@ def _traverse_dims(req: Request, model, x: torch.Tensor) -> list[int]:
     return dims
 
 
-def run_mode(req: Request, ckpt: Path, model, generator: torch.Generator) -> sampling.Panel:
-    """The images of ``req.mode``: one call into ``vae_lightning.sampling``."""
+def run_mode(req: Request, ckpt: Path, vae, generator: torch.Generator) -> sampling.Panel:
+    """The images of ``req.mode``: one call into ``vae_lightning.sampling`` with the plain
+    model of the ``VAE`` system (its EMA weights, if it has them)."""
+    model = vae.eval_model
     common = {"generator": generator, "draw": req.draw, "batch_size": req.batch_size}
     if req.mode == "prior":
         return sampling.prior_samples(model, req.n, temperature=req.temperature, **common)
     if req.mode == "manifold":
         return sampling.manifold(model, req.steps, **common)
-    x = _inputs(req, ckpt, model, 2 * req.n if req.mode == "interpolate" else req.n)
+    x = _inputs(req, ckpt, vae, 2 * req.n if req.mode == "interpolate" else req.n)
     if req.mode == "reconstruct":
         return sampling.reconstructions(model, x, **common)
     if req.mode == "interpolate":

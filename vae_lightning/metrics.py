@@ -14,7 +14,6 @@ from torch import nn
 from torchmetrics import Metric
 
 from vae_lightning.errors import ConfigError
-from vae_lightning.objectives import log_importance_weights
 
 
 class PerImageMean(Metric):
@@ -77,23 +76,16 @@ def importance_weighted_nll(
 ) -> torch.Tensor:
     """−log p(x) estimated with k importance samples from q(z|x) (Burda et al., 2016).
 
-    log p(x) ≈ log (1/k) Σᵢ p(x|zᵢ) p(zᵢ) / q(zᵢ|x),  zᵢ ~ q(z|x).
+    log p(x) ≈ log (1/k) Σᵢ p(x, zᵢ) / q(zᵢ|x),  zᵢ ~ q(z|x).
 
-    The k samples are decoded in chunks of at most ``max_images`` images, so memory stays
-    bounded for any k. k = 1 is a one-sample ELBO estimate (equal to −ELBO in
-    expectation); the estimate decreases towards −log p(x) as k grows. The noise comes from
-    ``generator`` when one is given.
-    Returns ``(B,)`` nats per image.
+    ``model`` is any ``models.LatentVariableModel``: the bottom-up pass runs once, the k
+    draws go through the decoder (or top-down pass) at most ``max_images`` images at a
+    time, so memory stays bounded for any k. k = 1 is a one-sample ELBO estimate (equal to
+    −ELBO in expectation); the estimate decreases towards −log p(x) as k grows. The noise
+    comes from ``generator`` when one is given. Returns ``(B,)`` nats per image.
     """
-    if k < 1:
-        raise ValueError(f"the number of importance samples must be >= 1, got {k}")
-    q = model.encode(x)
-    chunk = max(1, max_images // len(x))
-    log_w = [
-        log_importance_weights(model, x, q, min(chunk, k - s), False, generator)[0]
-        for s in range(0, k, chunk)
-    ]
-    return -(torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k))
+    log_w = model.log_weights(x, k, generator, max_images)  # (k, B)
+    return -(torch.logsumexp(log_w, dim=0) - math.log(k))
 
 
 def bits_per_dim(nats: torch.Tensor, dims: int) -> torch.Tensor:
@@ -155,9 +147,10 @@ class SampleFID:
 
     @torch.no_grad()
     def compute_for(self, model) -> torch.Tensor:
+        """FID of the prior samples of ``model`` (a ``models.LatentVariableModel``)."""
         for start in range(0, self.n_samples, self.batch_size):
             n = min(self.batch_size, self.n_samples - start)
-            px = model.decode(torch.randn(n, model.latent_dim, device=model.device))
+            px, _ = model.decode_noise(model.prior_noise(n))
             images = px.sample() if model.likelihood.discrete else px.mean
             self.fid.update(images.clamp(0, 1), real=False)
         return self.fid.compute()

@@ -20,36 +20,15 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
-def log_importance_weights(
-    model,
-    x: torch.Tensor,
-    q,
-    num_samples: int,
-    reparameterize: bool,
-    generator: torch.Generator | None = None,
-):
-    """log p(x|zᵢ) + log p(zᵢ) − log q(zᵢ|x) for zᵢ ~ q(z|x): ``(num_samples, B)``, and the
-    log p(x|zᵢ) term alone. ``model`` offers ``decode`` and ``prior`` (the VAE's API); the
-    noise comes from ``generator`` when one is given (evaluation), else from torch's RNG."""
-    if generator is not None and not reparameterize:
-        loc, scale = q.base_dist.loc, q.base_dist.scale  # (B, D) of the diagonal Gaussian
-        eps = torch.randn((num_samples, *loc.shape), generator=generator, device=loc.device, dtype=loc.dtype)
-        z = loc + scale * eps  # (k, B, D)
-    else:
-        z = q.rsample((num_samples,)) if reparameterize else q.sample((num_samples,))  # (k, B, D)
-    px = model.decode(z.flatten(0, 1))  # batch (k * B,)
-    log_px = px.log_prob(x.expand(num_samples, *x.shape).flatten(0, 1)).view(num_samples, len(x))
-    return log_px + model.prior().log_prob(z) - q.log_prob(z), log_px
-
-
 class Objective:
     """The training loss, averaged over the batch (nats per image).
 
     - ``beta``: weight of the KL term (β-VAE, Higgins et al., 2017); β = 1 is the ELBO.
     - ``kl_warmup_steps``: β ramps linearly from 0 to ``beta`` over this many steps
       (Bowman et al., 2016; Sønderby et al., 2016).
-    - ``free_bits``: λ, a floor on the KL of each latent dimension averaged over the
-      batch, Σ_d max(λ, mean_batch KL_d) (Kingma et al., 2016).
+    - ``free_bits``: λ nats, a floor on the batch-averaged KL of each free-bits unit,
+      Σ_u max(λ, mean_batch KL_u) (Kingma et al., 2016): a latent dimension of a flat VAE,
+      a latent group of a hierarchy (the model's ``Terms.kl`` columns).
     - ``iw_samples``: k > 1 trains the importance-weighted bound (IWAE, Burda et al.,
       2016), which has no β, warm-up or free bits.
     """
@@ -80,16 +59,17 @@ class Objective:
             return self.beta
         return self.beta * min(1.0, step / self.kl_warmup_steps)
 
-    def kl_penalty(self, kl_per_dim: torch.Tensor) -> torch.Tensor:
-        """The KL term as optimised, batch-averaged: Σ_d max(λ, mean_b KL_bd)."""
+    def kl_penalty(self, kl: torch.Tensor) -> torch.Tensor:
+        """The KL term as optimised, batch-averaged: Σ_u max(λ, mean_b KL_bu); ``kl``: ``(B, U)``."""
         if self.free_bits > 0:
-            return kl_per_dim.mean(0).clamp(min=self.free_bits).sum()
-        return kl_per_dim.sum(1).mean()
+            return kl.mean(0).clamp(min=self.free_bits).sum()
+        return kl.sum(1).mean()
 
-    def elbo_loss(self, recon: torch.Tensor, kl_per_dim: torch.Tensor, step: int) -> torch.Tensor:
-        """β-weighted −ELBO with warm-up and free bits, averaged over the batch."""
+    def elbo_loss(self, recon: torch.Tensor, kl: torch.Tensor, step: int) -> torch.Tensor:
+        """β-weighted −ELBO with warm-up and free bits, averaged over the batch; ``recon``
+        ``(B,)``, ``kl`` ``(B, U)`` per free-bits unit."""
         beta = self.beta_at(step)
-        penalty = self.kl_penalty(kl_per_dim)
+        penalty = self.kl_penalty(kl)
         return recon.mean() + (penalty if beta == 1 else beta * penalty)  # β = 1: no op (exact)
 
     @staticmethod

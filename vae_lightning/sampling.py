@@ -1,8 +1,8 @@
 """Pure generation functions, shared by ``sample.py`` and the training-time image panels.
 
-Each takes a model with the VAE's public API (``encode``, ``decode``, ``prior``,
-``latent_dim``) and a ``torch.Generator``; all randomness comes from that generator, so
-the same model, arguments and seed give the same images. Nothing here reads or writes
+Each takes a plain probabilistic model (``vae_lightning.models.LatentVariableModel``: a
+flat VAE, or a hierarchy whose latent tools use its top group) and a generator;
+all randomness comes from that generator, so the same model, arguments and seed give the same images. Nothing here reads or writes
 files. Every mode returns a ``Panel``: CPU images ``(N, C, H, W)`` in [0, 1], the row
 length of their grid, and the latents that were decoded.
 
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.distributions import Distribution, kl_divergence
 
 from vae_lightning.errors import ConfigError
+from vae_lightning.models.base import temperatures
 
 MODES = ("prior", "reconstruct", "interpolate", "traverse", "manifold")
 PATHS = ("lerp", "slerp")
@@ -35,11 +36,6 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _noise(generator: torch.Generator, *shape: int) -> torch.Tensor:
-    """Standard normal noise from ``generator`` (made on the generator's device)."""
-    return torch.randn(*shape, generator=generator, device=generator.device)
-
-
 def _draw(px: Distribution, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """One draw from ``px`` (on ``device``). Distributions take no generator, so the global
     RNG of ``device`` is forked, seeded from ``generator`` and restored afterwards."""
@@ -54,6 +50,21 @@ def _draw(px: Distribution, generator: torch.Generator, device: torch.device) ->
         return px.sample()
 
 
+def _images(
+    px_of, batches, generator: torch.Generator | None, draw: bool, device: torch.device
+) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` in [0, 1], on the CPU: for each batch the mean of ``px_of(batch)``,
+    or one draw from it with ``draw``."""
+    if draw and generator is None:
+        raise ValueError("draw=True needs a generator")
+    chunks = []
+    for batch in batches:
+        px = px_of(batch)
+        x = _draw(px, generator, device) if draw else px.mean
+        chunks.append(x.clamp(0, 1).float().cpu())
+    return torch.cat(chunks)
+
+
 @torch.no_grad()
 def decode_images(
     model,
@@ -64,14 +75,8 @@ def decode_images(
 ) -> torch.Tensor:
     """Images ``(N, C, H, W)`` in [0, 1], on the CPU, of latents ``(N, latent_dim)``,
     decoded ``batch_size`` at a time: the mean of p(x|z), or one draw with ``draw``."""
-    if draw and generator is None:
-        raise ValueError("draw=True needs a generator")
-    device, chunks = model_device(model), []
-    for zb in z.split(batch_size):
-        px = model.decode(zb.to(device))
-        x = _draw(px, generator, device) if draw else px.mean
-        chunks.append(x.clamp(0, 1).float().cpu())
-    return torch.cat(chunks)
+    device = model_device(model)
+    return _images(lambda zb: model.decode(zb.to(device)), z.split(batch_size), generator, draw, device)
 
 
 @torch.no_grad()
@@ -91,21 +96,28 @@ def prior_samples(
     model,
     n: int,
     generator: torch.Generator,
-    temperature: float = 1.0,
+    temperature: float | list[float] = 1.0,
     draw: bool = False,
     batch_size: int = 1024,
 ) -> Panel:
-    """``n`` images of z = μ + T·σ·ε, ε ~ N(0, I), with μ, σ those of ``model.prior()``
-    (N(0, T² I) for the standard prior). ``temperature=0`` decodes z = μ for every image."""
-    if n < 1 or temperature < 0:
-        raise ConfigError(
-            f"prior samples need n >= 1 and temperature >= 0, got n={n}, temperature={temperature}"
-        )
-    pz = model.prior()
-    eps = _noise(generator, n, model.latent_dim).to(pz.mean.device)  # (n, D)
-    z = pz.mean + temperature * pz.stddev * eps
-    images = decode_images(model, z, generator, draw, batch_size)
-    return Panel(images, grid_width(n), z.cpu())
+    """``n`` images of z drawn from the prior at ``temperature`` (a float, or one per latent
+    group of a hierarchy): z = μ + T·σ·ε (N(0, T² I) for the standard prior). The noise is
+    drawn for all ``n`` first, so the images do not depend on ``batch_size``;
+    ``temperature=0`` decodes the prior means."""
+    temperatures(temperature, model.num_groups)  # a clear error before any work
+    if n < 1:
+        raise ConfigError(f"prior samples need n >= 1, got n={n}")
+    device, latents = model_device(model), []
+
+    def px_of(noise):
+        px, z = model.decode_noise(noise, temperature)
+        latents.append(z.cpu())
+        return px
+
+    images = _images(
+        px_of, model.split_noise(model.prior_noise(n, generator), batch_size), generator, draw, device
+    )
+    return Panel(images, grid_width(n), torch.cat(latents))
 
 
 @torch.no_grad()
@@ -116,11 +128,12 @@ def reconstructions(
     draw: bool = False,
     batch_size: int = 1024,
 ) -> Panel:
-    """Each input beside the image of its posterior mean: x0, r0, x1, r1, ... (2N images)."""
-    z = posterior_means(model, x, batch_size)  # (N, D)
-    recon = decode_images(model, z, generator, draw, batch_size)
+    """Each input beside its reconstruction, the image of p(x | ẑ) at the posterior mean(s):
+    x0, r0, x1, r1, ... (2N images)."""
+    device = model_device(model)
+    recon = _images(lambda xb: model.reconstruct(xb.to(device)), x.split(batch_size), generator, draw, device)
     pairs = torch.stack([x.float().cpu(), recon], dim=1).flatten(0, 1)  # (2N, C, H, W)
-    return Panel(pairs, 2 * min(PAIRS_PER_ROW, len(x)), z.cpu())
+    return Panel(pairs, 2 * min(PAIRS_PER_ROW, len(x)), posterior_means(model, x, batch_size).cpu())
 
 
 def interpolate_latents(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, path: str = "lerp") -> torch.Tensor:
