@@ -5,5 +5,6 @@ from ``vae_lightning.networks``; ``HierarchicalVAE``: VDVAE-style top-down laten
 
 from vae_lightning.models.base import LatentVariableModel, Terms
 from vae_lightning.models.flat import FlatVAE
+from vae_lightning.models.hierarchical import HierarchicalVAE
 
-__all__ = ["FlatVAE", "LatentVariableModel", "Terms"]
+__all__ = ["FlatVAE", "HierarchicalVAE", "LatentVariableModel", "Terms"]
