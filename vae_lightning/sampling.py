@@ -2,7 +2,8 @@
 
 Each takes a plain probabilistic model (``vae_lightning.models.LatentVariableModel``: a
 flat VAE, or a hierarchy whose latent tools use its top group) and a generator;
-all randomness comes from that generator, so the same model, arguments and seed give the same images. Nothing here reads or writes
+all randomness comes from that generator, so the same model, arguments and seed give the
+same images. Nothing here reads or writes
 files. Every mode returns a ``Panel``: CPU images ``(N, C, H, W)`` in [0, 1], the row
 length of their grid, and the latents that were decoded.
 
