@@ -65,6 +65,20 @@ def test_poisoned_loss_makes_every_gradient_nan_and_the_guard_skips_it():
         StepGuard(skip_grad_norm=-1.0)
 
 
+def test_a_skip_limit_below_every_norm_stops_with_the_unit_of_the_limit():
+    """A per-dimension threshold used for a per-image loss skips every step: the run stops
+    with a message that names the limit, the last norm and the unit, not a silent stall."""
+    w = torch.nn.Parameter(torch.zeros(3))
+    guard = StepGuard(skip_grad_norm=400.0, max_skipped_steps=3)
+    with pytest.raises(TrainingDiverged) as err:
+        for step in range(3):
+            w.grad = torch.full((3,), 1000.0)  # finite, far above the limit
+            guard.check([w], step=step)
+    message = str(err.value)
+    assert "3 consecutive steps had a gradient norm above model.skip_grad_norm=400.0" in message
+    assert "(the last: 1732)" in message and "nats per image" in message
+
+
 def test_a_nan_step_is_skipped_exactly_like_a_dropped_step(make_cfg, tmp_path):
     """Same seed, same data: injecting NaN at step 3 ends with the same weights as a run
     in which step 3 ran but updated nothing; the optimizer state is not corrupted."""

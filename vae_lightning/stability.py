@@ -79,6 +79,13 @@ class StepGuard:
             self.skipped,
             self.consecutive,
         )
+        if self.consecutive >= self.max_skipped_steps and math.isfinite(norm):
+            raise TrainingDiverged(
+                f"training stopped at step {step}: {self.consecutive} consecutive steps had a gradient norm "
+                f"above model.skip_grad_norm={self.skip_grad_norm} (the last: {norm:.4g}). The limit is on "
+                "the gradient of the per-image loss (nats per image; a per-dimension threshold must be "
+                "multiplied by the number of dimensions): raise model.skip_grad_norm, or set it to null"
+            )
         if self.consecutive >= self.max_skipped_steps:
             limit = "" if self.skip_grad_norm is None else f" (or a norm above {self.skip_grad_norm})"
             raise TrainingDiverged(
