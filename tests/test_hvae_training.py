@@ -16,6 +16,7 @@ from vae_lightning.generate import generate
 from vae_lightning.training import train
 
 HVAE = ["model=hvae", *TINY["hvae"]]  # 4 groups: 1x1, 7x7 twice, 14x14
+SHORT = ["++trainer.limit_train_batches=4", "++trainer.limit_val_batches=2", "++trainer.limit_test_batches=2"]
 
 
 def metrics_of(run) -> dict:
@@ -23,7 +24,12 @@ def metrics_of(run) -> dict:
 
 
 def test_hvae_trains_with_per_group_numbers_ema_and_panels(make_cfg, tmp_path):
-    cfg = make_cfg(*HVAE, "trainer.max_epochs=2", "callbacks.images.temperatures=[1.0,0.7]")
+    cfg = make_cfg(
+        *HVAE,
+        "trainer.max_epochs=2",
+        "++trainer.limit_train_batches=6",
+        "callbacks.images.temperatures=[1.0,0.7]",
+    )
     train(cfg)
     run = tmp_path / "run"
     m = metrics_of(run)
@@ -46,13 +52,14 @@ def test_hvae_trains_with_per_group_numbers_ema_and_panels(make_cfg, tmp_path):
 
 def test_hvae_resume_at_an_epoch_boundary_is_bit_identical(make_cfg, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    train(make_cfg(*HVAE, *RUN, f"paths.output_dir={whole}"))
+    common = [*HVAE, *RUN, *SHORT]
+    train(make_cfg(*common, f"paths.output_dir={whole}"))
     stop = "+callbacks.stop._target_=hooks.StopAfterEpochs"
-    train(make_cfg(*HVAE, *RUN, f"paths.output_dir={parts}", stop, "+callbacks.stop.epochs=1"))
-    train(make_cfg(*HVAE, *RUN, f"paths.output_dir={parts}", f"ckpt_path={parts}"))
+    train(make_cfg(*common, f"paths.output_dir={parts}", stop, "+callbacks.stop.epochs=1"))
+    train(make_cfg(*common, f"paths.output_dir={parts}", f"ckpt_path={parts}"))
     a = read_checkpoint(whole / "checkpoints" / "last.ckpt")
     b = read_checkpoint(parts / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 2 * 7
+    assert a["global_step"] == b["global_step"] == 2 * 4
     for key, value in a["state_dict"].items():  # the EMA copy included
         assert torch.equal(value, b["state_dict"][key]), key
 
@@ -61,7 +68,8 @@ def test_hvae_in_bf16_mixed_precision(make_cfg, tmp_path):
     results = {}
     for precision in ("32-true", "bf16-mixed"):
         out = tmp_path / precision
-        train(make_cfg(*HVAE, f"trainer.precision={precision}", f"paths.output_dir={out}", "test=false"))
+        overrides = [*HVAE, *SHORT, "trainer.max_epochs=1", "test=false"]
+        train(make_cfg(*overrides, f"trainer.precision={precision}", f"paths.output_dir={out}"))
         results[precision] = metrics_of(out)["val/nelbo"]
     assert math.isfinite(results["bf16-mixed"])
     assert results["bf16-mixed"] == pytest.approx(results["32-true"], rel=0.05)
@@ -83,7 +91,7 @@ def test_hvae_under_ddp_has_the_numbers_of_one_process(tiny_mnist, tmp_path, mak
 def test_sample_py_takes_one_temperature_per_group(make_cfg, tmp_path):
     from test_sample import sample_cfg
 
-    train(make_cfg(*HVAE, "trainer.max_epochs=1", "test=false"))
+    train(make_cfg(*HVAE, *SHORT, "trainer.max_epochs=1", "test=false"))
     run = tmp_path / "run"
     out = {}
     for name, t in (("warm", "[1.0,1.0,1.0,1.0]"), ("one", "1.0"), ("cold", "[1.0,0.5,0.5,0.0]")):
