@@ -47,8 +47,8 @@ from conftest import make_mnist  # noqa: E402
 from synthetic_images import make_celeba  # noqa: E402
 
 from vae_lightning.data.device import to_device  # noqa: E402
-from vae_lightning.training_state import WHOLE_RUN_KEYS  # noqa: E402
 from vae_lightning.training import train  # noqa: E402
+from vae_lightning.training_state import WHOLE_RUN_KEYS  # noqa: E402
 
 COLUMNS = ("framework", "bare", "bare+sync")
 CASES = {
