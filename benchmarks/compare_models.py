@@ -80,7 +80,11 @@ def main() -> None:
         model = load_vae(resolve_checkpoint(out / experiment)).eval_model
         nelbo, nll = evaluate(model, images, args.k)
         rows.append((experiment, result["seconds"], result["val/nelbo"], nelbo, nll))
-        print(f"{experiment}: {result['seconds']:.0f} s, val -ELBO {result['val/nelbo']:.2f}", flush=True)
+        print(
+            f"{experiment}: {result['seconds']:.0f} s, val -ELBO {result['val/nelbo']:.2f}, test -ELBO "
+            f"{nelbo:.2f}, IW-NLL {nll:.2f}",
+            flush=True,
+        )
     print(
         f"\n{args.epochs} epochs each, {torch.get_num_threads()} torch threads; test numbers on the first "
         f"{args.test_images} test images, IW-NLL k={args.k}\n"

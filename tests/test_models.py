@@ -115,3 +115,21 @@ def test_the_latent_tools_see_one_gaussian_latent(family):
     assert px.batch_shape == (3,) and px.event_shape == (1, 28, 28) and px.log_prob(x).shape == (3,)
     assert model.reconstruct(x).mean.shape == (3, 1, 28, 28)
     assert sum(model.group_sizes) >= model.latent_dim and len(model.group_sizes) == model.num_groups
+
+
+def test_the_ema_averages_the_weights_and_forgets_the_initialisation():
+    from vae_lightning.ema import ema_copy, update_ema, warmed_up_decay
+
+    model = torch.nn.Linear(3, 2)
+    ema = ema_copy(model)
+    assert not any(p.requires_grad for p in ema.parameters())
+    before = ema.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    update_ema(ema, model, 0.9)
+    torch.testing.assert_close(ema.weight, 0.9 * before + 0.1 * model.weight)
+    assert warmed_up_decay(0.999, 0) == pytest.approx(0.1) and warmed_up_decay(0.999, 10**5) == 0.999
+    weight_of_init = 1.0
+    for step in range(860):  # one MNIST epoch at batch 64
+        weight_of_init *= warmed_up_decay(0.999, step)
+    assert weight_of_init < 1e-3  # a fixed 0.999 would leave 0.42

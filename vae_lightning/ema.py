@@ -14,6 +14,13 @@ def ema_copy(model: nn.Module) -> nn.Module:
     return ema
 
 
+def warmed_up_decay(decay: float, step: int) -> float:
+    """The decay at optimizer step ``step``: min(decay, (1 + step) / (10 + step)), so that the
+    average forgets the random initial weights within the first hundreds of steps (with a
+    fixed 0.999, the initial weights still weigh 42 % after 860 steps, an MNIST epoch)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema ← decay · ema + (1 − decay) · model, for every parameter; buffers are copied."""

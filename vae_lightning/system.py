@@ -18,7 +18,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from vae_lightning.building import build_from_config, plain_config
-from vae_lightning.ema import ema_copy, update_ema
+from vae_lightning.ema import ema_copy, update_ema, warmed_up_decay
 from vae_lightning.errors import ConfigError
 from vae_lightning.metrics import (
     LatentStatistics,
@@ -208,7 +208,7 @@ class VAE(TrainingState, L.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
-            update_ema(self.ema, self.model, self.hparams.ema_decay)
+            update_ema(self.ema, self.model, warmed_up_decay(self.hparams.ema_decay, self.global_step))
 
     def _eval_step(self, batch: Any, batch_idx: int, stage: str) -> None:
         self._seed_eval_noise(batch_idx)
