@@ -56,6 +56,11 @@ def fails(make_cfg, capsys):
         ("callbacks.checkpoint.every_n_train_steps=-1", "every_n_train_steps must be >= 0, got -1"),
         ("trainer.accelerator=auto trainer.devices=4", "trainer.devices=4 asks for 4 devices, but this"),
         ("trainer.accelerator=gpu", "trainer.accelerator=gpu but this machine has no CUDA GPU"),
+        (
+            "trainer.limit_train_batches=-1",
+            "Lightning's Trainer refused the trainer settings: You have passed invalid value -1 for "
+            "limit_train_batches",
+        ),
     ],
 )
 def test_bad_config_values(fails, override, message):
@@ -143,6 +148,7 @@ def train_py(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     "override, status, message",
     [
         ("model.latnt_dim=8", 1, "Could not override 'model.latnt_dim'"),
+        ("trainer.limit_train_bathces=10", 1, "Could not override 'trainer.limit_train_bathces'"),
         ("model=convvae", 1, "Could not find 'model/convvae'"),
         ("hydra.run.dir=/etc/hostname/run", 2, "error: cannot write the run directory /etc/hostname/run"),
     ],

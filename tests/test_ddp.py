@@ -2,9 +2,12 @@
 
 import json
 
+import lightning as L
 import pytest
+from hydra.utils import instantiate
 from test_logging import train_py, wandb_records
 
+from vae_lightning.checkpoints import load_vae
 from vae_lightning.training import train
 
 TINY_DDP = [
@@ -15,11 +18,16 @@ TINY_DDP = [
     "model.eval_iw_samples=8",
     "++trainer.enable_progress_bar=false",
 ]
+# the headline command's shape (trainer.devices=N, no trainer=ddp), with a validation split
+# of one batch: the second process has no batch of its own there
+MISSION_DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "data.val_size=40", *TINY_DDP[2:]]
 
 
 def test_ddp_run_has_one_directory_and_the_numbers_of_one_process(tiny_mnist, tmp_path, make_cfg):
     logs = tmp_path / "logs"
-    train_py(f"paths.data_dir={tiny_mnist}", f"paths.log_dir={logs}", *TINY_DDP, "logger=csv", cwd=tmp_path)
+    train_py(
+        f"paths.data_dir={tiny_mnist}", f"paths.log_dir={logs}", *MISSION_DDP, "logger=csv", cwd=tmp_path
+    )
     (run,) = (logs / "train" / "runs").iterdir()  # one run directory, not one per process
     assert [p.parent for p in tmp_path.rglob(".hydra")] == [run]
     assert [p.name for p in tmp_path.rglob("metrics.json")] == ["metrics.json"]
@@ -33,6 +41,17 @@ def test_ddp_run_has_one_directory_and_the_numbers_of_one_process(tiny_mnist, tm
     single = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("test/nelbo", "test/recon", "test/kl", "test/nll", "test/active_units"):
         assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-5), key
+    # validation (one batch of 40 images on 2 processes) against one process's
+    cfg = make_cfg("data.batch_size=48", "data.val_size=40")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    (val,) = trainer.validate(load_vae(ddp_best(run)), datamodule=instantiate(cfg.data), verbose=False)
+    for key in ("val/nelbo", "val/recon", "val/kl", "val/active_units"):
+        assert ddp[key] == pytest.approx(val[key], rel=1e-5, abs=1e-5), key
+
+
+def ddp_best(run):
+    (best,) = run.glob("checkpoints/epoch_*.ckpt")
+    return best
 
 
 def test_multirun_of_ddp_jobs(tiny_mnist, tmp_path):

@@ -19,8 +19,8 @@ def test_mlp_vae_learns_real_mnist(make_cfg, tmp_path):
         "data.val_size=5000",
         "data.batch_size=128",
         "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=400",
-        "+trainer.limit_test_batches=10",
+        "trainer.limit_train_batches=400",
+        "trainer.limit_test_batches=10",
         "model.eval_iw_samples=50",
         data_dir=REAL_DATA_DIR,
     )

@@ -9,6 +9,9 @@ import pytest
 import yaml
 from conftest import CONF_DIR, REPO
 from hydra import compose, initialize_config_dir
+from lightning.pytorch.strategies import DDPStrategy
+
+from vae_lightning.distributed import ddp_strategy
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason='needs pip install -e ".[sweep]"')
 
@@ -56,7 +59,8 @@ def test_slurm_launcher_takes_its_sizes_from_the_trainer():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
-    assert cfg.trainer.strategy._target_.endswith("DDPStrategy")
+    strategy = ddp_strategy(cfg.trainer)  # 8 processes: the project's DDP settings
+    assert isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs["broadcast_buffers"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         joblib = compose("train", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
     assert joblib.hydra.launcher._target_.endswith("JoblibLauncher")

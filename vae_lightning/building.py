@@ -2,6 +2,7 @@
 scheduler): only subclasses of an expected base class, with errors that name the keys."""
 
 import importlib
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +10,8 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vae_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def plain_config(value: Any) -> Any:
@@ -44,6 +47,33 @@ def build_from_config(
             raise
         keys = ", ".join(f"{what}.{key}" for key in args) or "none"
         raise ConfigError(f"{what} ({name}) rejected its settings: {err}; check {keys}") from None
+
+
+def short_run_schedule(cfg: dict[str, Any], total_steps: int) -> dict[str, Any] | None:
+    """A one-cycle ``model.scheduler`` config that ``total_steps`` optimizer steps can hold.
+
+    OneCycleLR divides by the length of its warm-up (``pct_start`` x total steps, minus one),
+    so a run shorter than two warm-up steps (10 steps at pct_start 0.1: ``limit_train_batches``
+    smoke runs) stops with a ZeroDivisionError. Such a run warms up over two steps instead;
+    a run of one or two steps cannot hold a cycle and trains at the optimizer's constant
+    rate (None: no scheduler). Either way the log says so in one line. Other configs pass."""
+    target = str(cfg.get("_target_", ""))
+    if not target.endswith("OneCycleLR") or total_steps <= 0:
+        return cfg
+    pct = float(cfg.get("pct_start", 0.3))
+    if pct * total_steps >= 2:
+        return cfg
+    if total_steps <= 2:
+        log.info(
+            "model.scheduler: %d steps cannot hold a one-cycle schedule; constant learning rate", total_steps
+        )
+        return None
+    log.info(
+        "model.scheduler: %d steps are too few for a warm-up of pct_start=%g; warming up over 2 steps",
+        total_steps,
+        pct,
+    )
+    return {**cfg, "pct_start": 2 / total_steps}
 
 
 def stretch_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, total_steps: int) -> bool:

@@ -11,12 +11,14 @@ their own: same config, same directory, one job.
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import lightning.fabric.strategies.launchers.subprocess_script as fabric_launcher
 import lightning.pytorch.strategies.launchers.subprocess_script as trainer_launcher
+import torch
 
 
 def job_child_command(local_rank: int) -> tuple[list[str], str]:
@@ -57,6 +59,40 @@ def use_job_config_for_ddp_processes() -> None:
     if hc.output_subdir is not None and saved.is_file():
         for launcher in (fabric_launcher, trainer_launcher):  # each holds its own reference
             launcher._hydra_subprocess_cmd = job_child_command
+
+
+def process_count(trainer: Any) -> int:
+    """How many processes ``trainer`` (the config's ``trainer`` group) starts: devices per node
+    (an int, a list of ids, or ``auto`` / -1 for every GPU there is, or 1 CPU process)
+    times ``num_nodes``."""
+    devices, nodes = trainer.get("devices", "auto"), int(trainer.get("num_nodes", 1) or 1)
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, int) and devices >= 0:
+        per_node = devices
+    elif isinstance(devices, Sequence) and not isinstance(devices, str):
+        per_node = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        per_node = len([d for d in devices.split(",") if d.strip()])
+    else:  # "auto" or -1
+        gpus = torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
+        per_node = max(gpus, 1)
+    return per_node * nodes
+
+
+def ddp_strategy(trainer: Any) -> Any:
+    """The strategy of every run with more than one process, whatever asked for it
+    (``trainer.devices=N``, ``num_nodes``, ``trainer=ddp``, a SLURM allocation): DDP without
+    a buffer broadcast per forward (``broadcast_buffers=False``: evaluation shards may differ
+    in length, and a rank with one batch more would issue an extra collective). A strategy
+    set explicitly in the config is kept; one process keeps Lightning's ``auto``."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = trainer.get("strategy", "auto")
+    if strategy not in (None, "auto", "ddp") or process_count(trainer) <= 1 and strategy != "ddp":
+        return strategy
+    return DDPStrategy(broadcast_buffers=False)
 
 
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "RANK")

@@ -18,6 +18,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from vae_lightning.building import build_from_config, plain_config
+from vae_lightning.data.batched import is_padding
 from vae_lightning.ema import ema_copy, update_ema, warmed_up_decay
 from vae_lightning.errors import ConfigError
 from vae_lightning.metrics import (
@@ -210,15 +211,29 @@ class VAE(TrainingState, L.LightningModule):
         if self.ema is not None:
             update_ema(self.ema, self.model, warmed_up_decay(self.hparams.ema_decay, self.global_step))
 
-    def _eval_step(self, batch: Any, batch_idx: int, stage: str) -> None:
+    def _counts(self, stage: str) -> bool:
+        """False on a DDP rank that only repeats batch 0 of a split with fewer batches than
+        processes (``data.batched.EvalShard``): it runs, so that every rank reduces the
+        metrics, but adds nothing to them."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return True
+        return not is_padding(trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders)
+
+    def _eval_step(self, batch: Any, batch_idx: int, stage: str) -> bool:
+        """Update the stage's metrics with a batch; returns whether it counted (``_counts``)."""
         self._seed_eval_noise(batch_idx)
+        counts = self._counts(stage)
         terms = self._shared_step(batch, stage)
         terms["loss"] = terms["loss"].expand(len(batch[0]))  # a batch-level objective, per image
         for key in self.terms:
-            self.metrics[stage][key].update(terms[key])
+            if counts:
+                self.metrics[stage][key].update(terms[key])
             self.log(f"{stage}/{key}", self.metrics[stage][key], prog_bar=key == "nelbo")
         for stats, (mean, kl) in zip(self.latent_stats[stage], terms["groups"], strict=True):
-            stats.update(mean, kl)
+            if counts:
+                stats.update(mean, kl)
+        return counts
 
     def _log_latent_stats(self, stage: str) -> None:
         """Active units and KL per dimension (one latent group) or per group (a hierarchy)."""
@@ -244,15 +259,16 @@ class VAE(TrainingState, L.LightningModule):
             self._fid["metric"] = SampleFID(self.hparams.fid_samples).to(self.device)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "test")
-        k, chunk = self.hparams.eval_iw_samples, self.hparams.iw_max_images
-        nll = importance_weighted_nll(self.eval_model, batch[0], k, chunk, self._eval_generator)
-        self.test_nll["nll"].update(nll)
-        if self.discrete_8bit:
-            self.test_nll["nll_bpd"].update(bits_per_dim(nll, batch[0][0].numel()))
+        counts = self._eval_step(batch, batch_idx, "test")
+        if counts:  # a padding batch (see _counts) needs no IW estimate: it adds nothing
+            k, chunk = self.hparams.eval_iw_samples, self.hparams.iw_max_images
+            nll = importance_weighted_nll(self.eval_model, batch[0], k, chunk, self._eval_generator)
+            self.test_nll["nll"].update(nll)
+            if self.discrete_8bit:
+                self.test_nll["nll_bpd"].update(bits_per_dim(nll, batch[0][0].numel()))
         for key, metric in self.test_nll.items():
             self.log(f"test/{key}", metric, prog_bar=key == "nll")
-        if "metric" in self._fid:
+        if "metric" in self._fid and counts:
             self._fid["metric"].update_real(batch[0])
 
     def on_test_epoch_end(self) -> None:

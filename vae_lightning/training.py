@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -20,7 +21,7 @@ from vae_lightning.checkpoints import (
     read_checkpoint,
     resolve_checkpoint,
 )
-from vae_lightning.distributed import ddp_job
+from vae_lightning.distributed import ddp_job, ddp_strategy
 from vae_lightning.errors import ConfigError
 from vae_lightning.loggers import finish_wandb, scrub
 from vae_lightning.report import MetricHistory, write_report
@@ -82,6 +83,28 @@ def check_devices(trainer: DictConfig) -> None:
         )
 
 
+def build_trainer(config: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    """The Trainer of ``config`` (the ``trainer`` group) with the project's DDP settings for
+    more than one process; a value Lightning refuses is one clear error."""
+    try:
+        return instantiate(
+            config,
+            callbacks=callbacks,
+            logger=loggers,
+            plugins=[AtomicCheckpointIO()],
+            strategy=ddp_strategy(config),
+        )
+    except Exception as err:
+        cause = err.__cause__ or err
+        if isinstance(cause, MisconfigurationException | ValueError | TypeError):
+            raise ConfigError(
+                f"Lightning's Trainer refused the trainer settings: {cause}\n"
+                "  fix: check the trainer.* values (conf/trainer/default.yaml lists them with "
+                "their defaults; Lightning's Trainer documentation says what each accepts)"
+            ) from None
+        raise
+
+
 def resume_checkpoint(path: str) -> str:
     """The file to resume from: ``path`` itself, or a run directory's ``checkpoints/last.ckpt``;
     checked to be a VAE checkpoint (a clear error) before Lightning reads it."""
@@ -110,12 +133,7 @@ def train(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     for logger in loggers:  # the whole composed config, without secrets
         logger.log_hyperparams(scrub(OmegaConf.to_container(cfg, resolve=True)))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=[*loggers, MetricHistory(str(run_dir))],
-        plugins=[AtomicCheckpointIO()],
-    )
+    trainer = build_trainer(cfg.trainer, callbacks, [*loggers, MetricHistory(str(run_dir))])
     failed = True
     try:
         with ddp_job():  # DDP processes join this run (and multirun job) directory

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from vae_lightning.building import build_from_config, stretch_schedule
+from vae_lightning.building import build_from_config, short_run_schedule, stretch_schedule
 from vae_lightning.stability import StepGuard, TrainingDiverged, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,9 @@ class TrainingState:
         for key in WHOLE_RUN_KEYS:  # OneCycleLR, CosineAnnealingLR: the whole run
             if cfg.get(key) == "auto":
                 cfg[key] = int(total)
+        cfg = short_run_schedule(cfg, int(cfg.get("total_steps", total)))
+        if cfg is None:
+            return optimizer
         scheduler = build_from_config(
             cfg, torch.optim.lr_scheduler.LRScheduler, "model.scheduler", optimizer=optimizer
         )

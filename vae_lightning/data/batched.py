@@ -105,12 +105,19 @@ class EvalShard(DistributedSampler):
     """Validation/test indices of one DDP rank: whole batches r, r + w, r + 2w, ... of the
     evaluation order, without the padding of ``DistributedSampler`` (which would count some
     images twice). Metrics reduce sums and counts, so uneven shards are right; and each
-    batch is the same batch, with the same noise seed, as on one process."""
+    batch is the same batch, with the same noise seed, as on one process.
+
+    A rank that gets no batch (a split of fewer batches than processes) evaluates batch 0
+    with ``padding`` set: the system runs it, so every rank takes part in the metrics'
+    reduction and Lightning's length checks, but counts none of it."""
 
     def __init__(self, dataset: Any, batch_size: int, num_replicas: int, rank: int):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
         n = len(dataset)
         batches = range(rank, -(-n // batch_size), num_replicas)
+        self.padding = not batches and n > 0
+        if self.padding:
+            batches = range(1)
         self.indices = [i for b in batches for i in range(b * batch_size, min((b + 1) * batch_size, n))]
         self.num_samples = self.total_size = len(self.indices)
 
@@ -119,6 +126,11 @@ class EvalShard(DistributedSampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def is_padding(loader: Any) -> bool:
+    """Whether an evaluation loader only repeats batch 0 to keep its rank in step (``EvalShard``)."""
+    return bool(getattr(getattr(loader, "sampler", None), "padding", False))
 
 
 class BatchedImageDataModule(L.LightningDataModule):
