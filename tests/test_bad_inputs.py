@@ -57,6 +57,10 @@ def fails(make_cfg, capsys):
         ("trainer.accelerator=auto trainer.devices=4", "trainer.devices=4 asks for 4 devices, but this"),
         ("trainer.accelerator=gpu", "trainer.accelerator=gpu but this machine has no CUDA GPU"),
         (
+            "model.likelihood=logistic data.binarize=true",
+            "data.binarize=true turns the pixels into 0/1, but model.likelihood=logistic models 8-bit",
+        ),
+        (
             "trainer.limit_train_batches=-1",
             "Lightning's Trainer refused the trainer settings: You have passed invalid value -1 for "
             "limit_train_batches",

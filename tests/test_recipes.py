@@ -6,9 +6,10 @@ import json
 import math
 
 import pytest
+import torch
 
 from vae_lightning.errors import ConfigError, find_user_error
-from vae_lightning.training import train
+from vae_lightning.training import instantiate_data, train
 
 D = 28 * 28
 
@@ -99,3 +100,18 @@ def test_unknown_likelihood_from_config(make_cfg):
     with pytest.raises(Exception) as err:  # Hydra wraps it; the CLI unwraps it for the user
         train(make_cfg("model.likelihood=gausian"))
     assert "valid: bernoulli, gaussian, logistic" in str(find_user_error(err.value))
+
+
+def test_binarisation_follows_the_likelihood(make_cfg, tmp_path):
+    """data=fashion_mnist model.likelihood=logistic trains on the 8-bit grey levels (it
+    inherited binarize: true from MNIST's config and reported a meaningless bits/dim)."""
+    cfg = make_cfg("data=fashion_mnist", "model.likelihood=logistic")
+    assert cfg.data.binarize is False and make_cfg("data=fashion_mnist").data.binarize is True
+    dm = instantiate_data(cfg.data, "logistic")
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = dm.preprocess(dm.splits["train"].images[:64], train=True)  # (64, 1, 28, 28) in [0, 1]
+    assert len(torch.unique(batch)) > 32 and len(torch.unique(dm.splits["val"].images)) > 32
+    m = run(make_cfg, tmp_path, "data=fashion_mnist", "model.likelihood=logistic")
+    binary = run(make_cfg, tmp_path, "data=fashion_mnist")  # Bernoulli on 0/1 pixels
+    assert m["test/bpd"] > 1.0 > binary["test/nelbo"] / (D * math.log(2))

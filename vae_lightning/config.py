@@ -13,10 +13,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 
 
+def binarize_for(likelihood: str) -> bool:
+    """Whether pixels are binarised for ``likelihood``: a Bernoulli p(x|z) models 0/1 pixels;
+    the discretised logistic and the Gaussian model the real 8-bit values."""
+    return str(likelihood) == "bernoulli"
+
+
 def register_resolvers() -> None:
-    """``${repo_root:}``: the checkout that holds ``conf/`` (where ``logs/`` and ``data/`` go)."""
+    """``${repo_root:}``: the checkout that holds ``conf/`` (where ``logs/`` and ``data/`` go);
+    ``${binarize_for:LIKELIHOOD}``: the data configs' default ``binarize``."""
     if not OmegaConf.has_resolver("repo_root"):
         OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("binarize_for"):
+        OmegaConf.register_new_resolver("binarize_for", binarize_for)
 
 
 def null_group_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> list[str]:

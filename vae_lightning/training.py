@@ -21,6 +21,7 @@ from vae_lightning.checkpoints import (
     read_checkpoint,
     resolve_checkpoint,
 )
+from vae_lightning.config import binarize_for
 from vae_lightning.distributed import ddp_job, ddp_strategy
 from vae_lightning.errors import ConfigError
 from vae_lightning.loggers import finish_wandb, scrub
@@ -105,6 +106,22 @@ def build_trainer(config: DictConfig, callbacks: list, loggers: list) -> L.Train
         raise
 
 
+def instantiate_data(data: DictConfig, likelihood: str) -> Any:
+    """The DataModule of ``data`` for a model with this ``likelihood``: binarised pixels for
+    a Bernoulli p(x|z), the real 8-bit values otherwise (``data.binarize`` follows the
+    likelihood, also the one of an evaluated checkpoint); an explicit ``data.binarize=true``
+    for another likelihood is an error, since its numbers (bits/dim) would mean nothing."""
+    if OmegaConf.is_interpolation(data, "binarize"):  # the default: ${binarize_for:...}
+        return instantiate(data, binarize=binarize_for(likelihood))
+    if data.get("binarize") and not binarize_for(likelihood):
+        raise ConfigError(
+            f"data.binarize=true turns the pixels into 0/1, but model.likelihood={likelihood} models "
+            "8-bit values: its log-likelihood and bits/dim on binary data mean nothing.\n"
+            "  fix: leave data.binarize out (it follows the likelihood), or use model.likelihood=bernoulli"
+        )
+    return instantiate(data)
+
+
 def resume_checkpoint(path: str) -> str:
     """The file to resume from: ``path`` itself, or a run directory's ``checkpoints/last.ckpt``;
     checked to be a VAE checkpoint (a clear error) before Lightning reads it."""
@@ -125,8 +142,8 @@ def train(cfg: DictConfig) -> float | None:
     if not fit and not ckpt_path:
         raise ConfigError("train=false evaluates a trained model: give ckpt_path=<checkpoint or run dir>")
     check_devices(cfg.trainer)
-    datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model) if fit else load_vae(resolve_checkpoint(ckpt_path))
+    datamodule = instantiate_data(cfg.data, model.model.likelihood.name)
     callbacks, loggers = _instantiate_all(cfg.get("callbacks")), _instantiate_all(cfg.get("logger"))
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
