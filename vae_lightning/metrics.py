@@ -126,31 +126,44 @@ class InceptionFeatures(nn.Module):
 class SampleFID:
     """FID (Heusel et al., 2017) between the first ``n_samples`` test images and
     ``n_samples`` images generated from the prior. Generated images are draws from
-    p(x|z) where those live in the data space (binary, 8-bit), else the mean of p(x|z)."""
+    p(x|z) where those live in the data space (binary, 8-bit), else the mean of p(x|z).
 
-    def __init__(self, n_samples: int, batch_size: int = 250):
+    The same number on any number of DDP processes: each rank adds the test images of its
+    own batches that are among the first ``n_samples`` (``start``: a batch's place in the
+    whole test set), and the prior samples come in chunks of ``batch_size``, chunk c drawn
+    by rank c mod world from a generator seeded with (``seed``, c). The feature sums are
+    reduced across ranks, so the statistics are those of one process up to float order."""
+
+    def __init__(self, n_samples: int, batch_size: int = 250, seed: int = 0):
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         self.fid = FrechetInceptionDistance(feature=InceptionFeatures(), normalize=True)
-        self.n_samples, self.batch_size, self.n_real = n_samples, batch_size, 0
+        self.n_samples, self.batch_size, self.seed = n_samples, batch_size, seed
+        self.device = torch.device("cpu")
 
     def to(self, device: torch.device) -> "SampleFID":
-        self.fid = self.fid.to(device)
+        self.fid, self.device = self.fid.to(device), torch.device(device)
         return self
 
-    def update_real(self, images: torch.Tensor) -> None:
-        """``images``: float ``(B, C, H, W)`` in [0, 1]; the first ``n_samples`` are used."""
-        take = images[: self.n_samples - self.n_real]
+    def update_real(self, images: torch.Tensor, start: int = 0) -> None:
+        """``images``: float ``(B, C, H, W)`` in [0, 1], images ``start``, ``start + 1``, ... of
+        the test set; those among its first ``n_samples`` are used."""
+        take = images[: max(0, self.n_samples - start)]
         if len(take):
             self.fid.update(take, real=True)
-            self.n_real += len(take)
 
     @torch.no_grad()
-    def compute_for(self, model) -> torch.Tensor:
-        """FID of the prior samples of ``model`` (a ``models.LatentVariableModel``)."""
-        for start in range(0, self.n_samples, self.batch_size):
-            n = min(self.batch_size, self.n_samples - start)
-            px, _ = model.decode_noise(model.prior_noise(n))
-            images = px.sample() if model.likelihood.discrete else px.mean
+    def compute_for(self, model, rank: int = 0, world: int = 1) -> torch.Tensor:
+        """FID of the prior samples of ``model`` (a ``models.LatentVariableModel``); this
+        rank draws chunks ``rank``, ``rank + world``, ... of them."""
+        chunks = range(0, self.n_samples, self.batch_size)
+        for index in range(rank, len(chunks), world):
+            n = min(self.batch_size, self.n_samples - chunks[index])
+            seed = self.seed * 1_000_003 + index
+            px, _ = model.decode_noise(model.prior_noise(n, torch.Generator(self.device).manual_seed(seed)))
+            cuda = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):  # the pixel draws too; the run's RNG is untouched
+                torch.manual_seed(seed)
+                images = px.sample() if model.likelihood.discrete else px.mean
             self.fid.update(images.clamp(0, 1), real=False)
         return self.fid.compute()

@@ -187,15 +187,18 @@ class VAE(TrainingState, L.LightningModule):
                 out["bpd"] = bits_per_dim(out["nelbo"], x[0].numel())
         return out
 
+    def _global_batch(self, batch_idx: int) -> int:
+        """The number in the whole evaluation set of this rank's batch ``batch_idx``: with DDP,
+        rank r of w evaluates batches r, r + w, ... (``data.batched.EvalShard``)."""
+        trainer = self._trainer
+        return batch_idx if trainer is None else batch_idx * trainer.world_size + trainer.global_rank
+
     def _seed_eval_noise(self, batch_idx: int) -> None:
         """Seed the val/test noise from the batch's number in the whole evaluation set, so that
-        a checkpoint gets the same numbers every time and on any number of processes: with
-        DDP, rank r of w evaluates global batches r, r + w, ... (``data.batched``)."""
-        trainer = self._trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        a checkpoint gets the same numbers every time and on any number of processes."""
         if self._eval_generator is None or self._eval_generator.device != self.device:
             self._eval_generator = torch.Generator(device=self.device)
-        self._eval_generator.manual_seed(EVAL_SEED * 1_000_003 + batch_idx * world + rank)
+        self._eval_generator.manual_seed(EVAL_SEED * 1_000_003 + self._global_batch(batch_idx))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         logging_step = self._logging_step()  # the values the loggers record: every log_every_n_steps
@@ -255,8 +258,9 @@ class VAE(TrainingState, L.LightningModule):
         self._log_latent_stats("val")
 
     def on_test_start(self) -> None:
-        if self.hparams.fid:
-            self._fid["metric"] = SampleFID(self.hparams.fid_samples).to(self.device)
+        if self.hparams.fid:  # prior samples in chunks of the test batch size, split across ranks
+            batch_size = getattr(self.trainer.test_dataloaders, "batch_size", None) or 250
+            self._fid["metric"] = SampleFID(self.hparams.fid_samples, batch_size, EVAL_SEED).to(self.device)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         counts = self._eval_step(batch, batch_idx, "test")
@@ -268,13 +272,15 @@ class VAE(TrainingState, L.LightningModule):
                 self.test_nll["nll_bpd"].update(bits_per_dim(nll, batch[0][0].numel()))
         for key, metric in self.test_nll.items():
             self.log(f"test/{key}", metric, prog_bar=key == "nll")
-        if "metric" in self._fid and counts:
-            self._fid["metric"].update_real(batch[0])
+        if "metric" in self._fid and counts:  # with the batch's place in the whole test set
+            fid = self._fid["metric"]
+            fid.update_real(batch[0], self._global_batch(batch_idx) * fid.batch_size)
 
     def on_test_epoch_end(self) -> None:
         self._log_latent_stats("test")
         if "metric" in self._fid:
-            self.log("test/fid", self._fid.pop("metric").compute_for(self.eval_model))
+            fid = self._fid.pop("metric")
+            self.log("test/fid", fid.compute_for(self.eval_model, self.global_rank, self.trainer.world_size))
 
     def on_fit_start(self) -> None:
         """Fail before training when the data's value range is outside the likelihood's."""
