@@ -67,15 +67,38 @@ def test_conv_vae_trains(make_cfg, tmp_path):
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_runs(make_cfg, tmp_path, experiment):
+SMOKE = ["trainer.max_epochs=1", "trainer.limit_train_batches=10"]  # shorter than any schedule's warm-up
+EVAL_SMOKE = [
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "data.batch_size=4",
+    *("callbacks.images.n_samples=4", "callbacks.images.n_pairs=1", "callbacks.images.n_dims=2"),
+]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)  # batches of 4: the GPU recipes are wide
+def test_every_experiment_runs_a_10_batch_smoke_run(make_cfg, tmp_path, experiment):
     if experiment.startswith("celeba"):  # 40 synthetic faces in the official layout
-        cfg = make_cfg(f"experiment={experiment}", "debug=fdr", "data.batch_size=8", mnist_like=False)
+        cfg = make_cfg(f"experiment={experiment}", *SMOKE, *EVAL_SMOKE, "data.batch_size=2", mnist_like=False)
     else:
-        cfg = make_cfg(f"experiment={experiment}", "debug=fdr")
+        cfg = make_cfg(f"experiment={experiment}", *SMOKE, *EVAL_SMOKE)
+    if experiment in ("mnist_hvae_large", "celeba_hvae"):  # GPU-sized: their depth, a CPU's width
+        cfg.model.width = 16
     train(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert math.isfinite(metrics["test/nll"])
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+
+
+@pytest.mark.parametrize("model", ["conv_vae", "resnet_vae", "hvae"])  # model=vae: test_trainer_config
+def test_every_model_runs_a_10_batch_smoke_run(make_cfg, tmp_path, model):
+    train(make_cfg(f"model={model}", *SMOKE, *EVAL_SMOKE))
+    assert math.isfinite(json.loads((tmp_path / "run" / "metrics.json").read_text())["test/nll"])
+
+
+def test_fast_dev_run(make_cfg, tmp_path):
+    train(make_cfg("debug=fdr"))
+    assert math.isfinite(json.loads((tmp_path / "run" / "metrics.json").read_text())["test/nll"])
 
 
 def run_train(*overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
