@@ -61,24 +61,29 @@ def use_job_config_for_ddp_processes() -> None:
             launcher._hydra_subprocess_cmd = job_child_command
 
 
-def process_count(trainer: Any) -> int:
-    """How many processes ``trainer`` (the config's ``trainer`` group) starts: devices per node
-    (an int, a list of ids, or ``auto`` / -1 for every GPU there is, or 1 CPU process)
-    times ``num_nodes``."""
-    devices, nodes = trainer.get("devices", "auto"), int(trainer.get("num_nodes", 1) or 1)
-    accelerator = str(trainer.get("accelerator", "auto")).lower()
+def requested_devices(devices: Any) -> int | None:
+    """How many devices per node ``trainer.devices`` names: an int, a list of ids or a
+    comma-separated string of them; None for ``auto`` and -1 (every device there is)."""
     if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
         devices = int(devices)
-    if isinstance(devices, int) and devices >= 0:
-        per_node = devices
-    elif isinstance(devices, Sequence) and not isinstance(devices, str):
-        per_node = len(devices)
-    elif isinstance(devices, str) and "," in devices:
-        per_node = len([d for d in devices.split(",") if d.strip()])
-    else:  # "auto" or -1
+    if isinstance(devices, int):
+        return devices if devices >= 0 else None
+    if isinstance(devices, Sequence) and not isinstance(devices, str):
+        return len(devices)
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    return None
+
+
+def process_count(trainer: Any) -> int:
+    """How many processes ``trainer`` (the config's ``trainer`` group) starts: devices per
+    node (``auto`` / -1: every GPU there is, or 1 CPU process) times ``num_nodes``."""
+    per_node = requested_devices(trainer.get("devices", "auto"))
+    if per_node is None:
+        accelerator = str(trainer.get("accelerator", "auto")).lower()
         gpus = torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
         per_node = max(gpus, 1)
-    return per_node * nodes
+    return per_node * int(trainer.get("num_nodes", 1) or 1)
 
 
 def ddp_strategy(trainer: Any) -> Any:

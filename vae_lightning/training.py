@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from vae_lightning.checkpoints import (
     AtomicCheckpointIO,
@@ -22,7 +22,7 @@ from vae_lightning.checkpoints import (
     resolve_checkpoint,
 )
 from vae_lightning.config import binarize_for
-from vae_lightning.distributed import ddp_job, ddp_strategy
+from vae_lightning.distributed import ddp_job, ddp_strategy, requested_devices
 from vae_lightning.errors import ConfigError
 from vae_lightning.loggers import finish_wandb, scrub
 from vae_lightning.report import MetricHistory, write_report
@@ -64,11 +64,7 @@ def check_devices(trainer: DictConfig) -> None:
     this machine does not have (instead of Lightning's, or of silently running N CPU
     processes because ``accelerator=auto`` found no GPU)."""
     accelerator = str(trainer.get("accelerator", "auto")).lower()
-    devices = trainer.get("devices", "auto")
-    if isinstance(devices, ListConfig | list):
-        wanted = len(devices)
-    else:
-        wanted = int(devices) if str(devices).isdigit() else None  # "auto" and -1: all there are
+    wanted = requested_devices(trainer.get("devices", "auto"))  # None: all there are
     gpus = torch.cuda.device_count()
     if accelerator in ("gpu", "cuda") and gpus == 0:
         raise ConfigError(
