@@ -2,9 +2,12 @@
 ``+callbacks.inject._target_=hooks.InjectNonFinite`` (``tests/`` is on ``sys.path``)."""
 
 import math
+import os
+import signal
 import time
 
 import lightning as L
+from lightning.pytorch.loggers import Logger
 
 
 class InjectNonFinite(L.Callback):
@@ -52,3 +55,36 @@ class StopAfterEpochs(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch + 1 >= self.epochs:
             trainer.should_stop = True
+
+
+class KillAtStep(L.Callback):
+    """SIGKILL this process right after optimizer step ``step`` (and its checkpoints)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAfterSave(Logger):
+    """A logger that SIGKILLs the process right after the checkpoint of step ``step`` is
+    written, before Lightning logs that step: the worst moment for the run's history."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    name = "kill"
+    version = ""
+
+    def log_hyperparams(self, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def after_save_checkpoint(self, checkpoint_callback):
+        if checkpoint_callback._last_step_saved == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,5 +1,6 @@
 """Training that survives non-finite steps and kill -9 (issue: reliability)."""
 
+import json
 import math
 import os
 import random
@@ -161,21 +162,44 @@ def run_train(*overrides: str) -> subprocess.Popen:
     )
 
 
+def tensors(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint, by its path of keys."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    items = (
+        tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list | tuple) else ()
+    )
+    return {k: v for key, value in items for k, v in tensors(value, f"{prefix}/{key}").items()}
+
+
+def history_rows(run: Path) -> list[tuple[int, str]]:
+    """(step, key) of every value in history.jsonl, in the order written; but ``epoch``,
+    which Lightning adds to every line, and the wall-clock ``train/images_per_s``, which a
+    (re)started process measures from its second step on."""
+    lines = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    skip = ("step", "epoch", "train/images_per_s")
+    return [(row["step"], key) for row in lines for key in sorted(row) if key not in skip]
+
+
 def test_kill_9_mid_epoch_then_resume_and_finish(tiny_mnist, tmp_path):
-    run = tmp_path / "run"
+    """Killed mid-epoch, after a step checkpoint: the resumed run trains on exactly the
+    batches that were left, with the random draws of the uninterrupted run, and ends with
+    the same tensors bit for bit (weights, optimizer, EMA, schedule) and the same history."""
+    run, whole = tmp_path / "run", tmp_path / "whole"
     common = [
         f"paths.data_dir={tiny_mnist}",
         f"paths.log_dir={tmp_path / 'logs'}",
-        f"hydra.run.dir={run}",
         "data.val_size=64",
         "data.batch_size=8",  # 56 steps per epoch
         "trainer.accelerator=cpu",
         "trainer.max_epochs=2",
         "model.eval_iw_samples=4",
         "callbacks.checkpoint.every_n_train_steps=5",
+        "trainer.log_every_n_steps=1",
         "logger=csv",
     ]
-    proc = run_train(*common, "+callbacks.slow._target_=hooks.SlowSteps", "+callbacks.slow.seconds=0.05")
+    slow = ["+callbacks.slow._target_=hooks.SlowSteps", "+callbacks.slow.seconds=0.05"]
+    proc = run_train(*common, f"hydra.run.dir={run}", *slow)
     last = run / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -190,11 +214,60 @@ def test_kill_9_mid_epoch_then_resume_and_finish(tiny_mnist, tmp_path):
     check_vae_checkpoint(saved, last)
     killed_at = saved["global_step"]
     assert 5 <= killed_at < 56 and killed_at % 5 == 0  # a step checkpoint, mid-epoch
-    resumed = run_train(*common, f"ckpt_path={run}")
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-3000:]
+    resumed = run_train(*common, f"hydra.run.dir={run}", f"ckpt_path={run}")
+    reference = run_train(*common, f"hydra.run.dir={whole}", *slow)  # uninterrupted
+    for proc in (resumed, reference):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        assert "dataloader is not resumable" not in err
     assert (run / "metrics.json").is_file()
-    final = read_checkpoint(last)
+    final, expected = read_checkpoint(last), read_checkpoint(whole / "checkpoints" / "last.ckpt")
     # it went on from the step checkpoint: 2 epochs of 56 steps in all, not 2 more epochs
-    assert final["epoch"] == 1 and final["global_step"] == 2 * 56
+    assert final["epoch"] == expected["epoch"] == 1 and final["global_step"] == 2 * 56
+    ours = {key.replace(str(run), "<run>"): value for key, value in tensors(final).items()}
+    theirs = {key.replace(str(whole), "<run>"): value for key, value in tensors(expected).items()}
+    assert sorted(ours) == sorted(theirs) and any(k.startswith("/state_dict/") for k in ours)
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key  # bit-identical on the CPU
+    rows = history_rows(run)
+    assert len(rows) == len(set(rows))  # no step logged twice
+    assert rows == history_rows(whole)  # none missing either
     assert not list(last.parent.glob(".*.tmp"))  # a temporary of the killed save is cleaned up
+
+
+def test_killed_between_a_step_checkpoint_and_its_log_line_resumes_with_the_whole_history(
+    tiny_mnist, tmp_path
+):
+    """The worst moment: a step checkpoint is on disk, Lightning has not yet logged its step
+    (it logs after every on_train_batch_end, where checkpoints are written). The resumed run
+    does not train that step again, so its line comes from the checkpoint."""
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    common = [
+        f"paths.data_dir={tiny_mnist}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        "data.val_size=64",
+        "data.batch_size=32",  # 14 steps per epoch
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=2",
+        "model.eval_iw_samples=4",
+        "callbacks.checkpoint.every_n_train_steps=4",
+        "trainer.log_every_n_steps=1",
+        "logger=csv",
+    ]
+    killed = run_train(
+        *common, f"hydra.run.dir={run}", "+logger.kill._target_=hooks.KillAfterSave", "+logger.kill.step=20"
+    )
+    killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 20  # mid-epoch 2
+    assert max(step for step, _ in history_rows(run)) == 18  # the line of step 19 is not written
+    for proc in (
+        run_train(*common, f"hydra.run.dir={run}", f"ckpt_path={run}"),
+        run_train(*common, f"hydra.run.dir={whole}"),
+    ):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    assert history_rows(run) == history_rows(whole)
+    final, expected = (read_checkpoint(d / "checkpoints" / "last.ckpt")["state_dict"] for d in (run, whole))
+    for key, value in expected.items():
+        assert torch.equal(final[key], value), key

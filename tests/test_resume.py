@@ -1,12 +1,15 @@
 """Resume: the same run directory, and the same weights as a run that was not interrupted."""
 
+import itertools
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from vae_lightning.checkpoints import read_checkpoint
 from vae_lightning.config import resume_in_run_dir
+from vae_lightning.data.mnist import MNISTDataModule
 from vae_lightning.training import train
 
 RUN = ["test=false", "trainer.max_epochs=2", "data.batch_size=64"]
@@ -71,3 +74,44 @@ def test_a_run_directory_as_ckpt_path_resumes_in_that_directory(tmp_path):
         ["train.py", f"ckpt_path={run}/checkpoints/last.ckpt"],
     ):
         assert resume_in_run_dir(unchanged) == unchanged
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_training_batches_resume_after_the_batches_taken(tiny_mnist, monkeypatch, on_device):
+    """The train loader's state (Lightning's stateful-loader protocol, and the DataModule's
+    checkpoint entry): a new loader given it yields exactly the batches that were left of
+    that epoch, and the whole next epoch."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+
+    def loader(state=None):
+        dm = MNISTDataModule(str(tiny_mnist), batch_size=40, val_size=64, on_device=on_device)
+        dm.setup("fit")
+        if state is not None:
+            dm.load_state_dict(state)
+        return dm, dm.train_dataloader()
+
+    dm, whole = loader()
+    whole.sampler.set_epoch(1)
+    batches = [y for _, y in whole]
+    assert len(batches) == len(whole) == 12
+    dm, first = loader()
+    first.sampler.set_epoch(1)
+    taken = [y for _, y in itertools.islice(first, 5)]
+    state = dm.state_dict()
+    assert state["train_batches"] == {
+        "epoch": 1,
+        "batches": 5,
+        "batch_size": 40,
+        "samples": 448,
+        "seed": 3,
+        "world_size": 1,
+    }
+    _, rest = loader(state)
+    rest.sampler.set_epoch(1)
+    resumed = [*taken, *(y for _, y in rest)]
+    assert len(resumed) == len(batches) and all(map(torch.equal, resumed, batches))
+    rest.sampler.set_epoch(2)  # the next epoch: from its first batch
+    assert len(list(rest)) == 12
+    _, other = loader(state)  # a state of epoch 1 does not shorten epoch 2
+    other.sampler.set_epoch(2)
+    assert len(list(other)) == 12

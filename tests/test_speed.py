@@ -31,8 +31,8 @@ def test_device_batches_are_the_dataloaders_batches(tiny_mnist, monkeypatch):
     device = MNISTDataModule(str(tiny_mnist), batch_size=48, val_size=100, on_device=True)
     for dm in (host, device):
         dm.setup("fit")
-    assert isinstance(device.train_dataloader(), DeviceBatches)
-    assert not isinstance(host.train_dataloader(), DeviceBatches)
+    assert isinstance(device.train_dataloader().loader, DeviceBatches)
+    assert not isinstance(host.train_dataloader().loader, DeviceBatches)
     for epoch in (0, 1):
         ours = batches_of(device.train_dataloader(), epoch)
         reference = batches_of(host.train_dataloader(), epoch)

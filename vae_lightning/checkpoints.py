@@ -18,6 +18,7 @@ import re
 import warnings
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import lightning as L
 import torch
@@ -101,6 +102,9 @@ class Checkpoint(ModelCheckpoint):
             trainer.save_checkpoint(path, weights_only=False)  # full state: resumable
             self._last_step_saved = step
             self.last_model_path = str(path)  # ours: the epoch-end save rewrites it, no last-v1.ckpt
+            if trainer.is_global_zero:  # as ModelCheckpoint does after each of its saves
+                for logger in trainer.loggers:
+                    logger.after_save_checkpoint(proxy(self))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

@@ -47,6 +47,31 @@ class MetricHistory(Logger):
         pass
 
     @rank_zero_only
+    def resume_at(self, step: int, unlogged: dict[str, float] | None = None) -> None:
+        """A run resumed from a checkpoint logs again from ``step`` (its global step): drop
+        the lines a killed run wrote from there on, and a line cut by the kill, so that no
+        step is in the file twice. ``unlogged``: the line of the checkpoint's own step, when
+        the checkpoint was written before it (a step checkpoint) and the run was killed in
+        between; the resumed run does not train that step again, so it is written here."""
+        rows = []
+        for line in self.path.read_text().splitlines() if self.path.is_file() else []:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step") is None or row["step"] < step:
+                rows.append(row)
+        if unlogged and not any(
+            row.get("step") == unlogged["step"] and unlogged.keys() <= row.keys() for row in rows
+        ):
+            rows.append(unlogged)
+        kept = [json.dumps(row) + "\n" for row in rows]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        part = self.path.with_name(f".{HISTORY}.tmp")
+        part.write_text("".join(kept))
+        part.replace(self.path)
+
+    @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) or hasattr(v, "item")}
         if not values:

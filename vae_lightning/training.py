@@ -26,6 +26,7 @@ from vae_lightning.distributed import ddp_job, ddp_strategy, requested_devices
 from vae_lightning.errors import ConfigError
 from vae_lightning.loggers import finish_wandb, scrub
 from vae_lightning.report import MetricHistory, write_report
+from vae_lightning.training_state import UNLOGGED_ROW
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,15 @@ def instantiate_data(data: DictConfig, likelihood: str) -> Any:
     return instantiate(data)
 
 
-def resume_checkpoint(path: str) -> str:
+def resume_checkpoint(path: str) -> tuple[str, dict[str, Any]]:
     """The file to resume from: ``path`` itself, or a run directory's ``checkpoints/last.ckpt``;
-    checked to be a VAE checkpoint (a clear error) before Lightning reads it."""
+    checked to be a VAE checkpoint (a clear error) before Lightning reads it; and the
+    checkpoint itself."""
     last = Path(path).expanduser() / "checkpoints" / "last.ckpt"
     file = last if last.is_file() else resolve_checkpoint(path)
-    check_vae_checkpoint(read_checkpoint(file), file)
-    return str(file)
+    checkpoint = read_checkpoint(file)
+    check_vae_checkpoint(checkpoint, file)
+    return str(file), checkpoint
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -163,12 +166,13 @@ def _fit_and_test(cfg, trainer, model, datamodule, fit: bool, ckpt_path: str | N
     metrics: dict[str, float] = {}
     best = ""
     if fit:
-        trainer.fit(
-            model,
-            datamodule=datamodule,
-            ckpt_path=resume_checkpoint(ckpt_path) if ckpt_path else None,
-            weights_only=True,
-        )
+        resume = None
+        if ckpt_path:
+            resume, checkpoint = resume_checkpoint(ckpt_path)
+            for logger in trainer.loggers:  # the resumed run logs from the checkpoint's step on
+                if isinstance(logger, MetricHistory):
+                    logger.resume_at(int(checkpoint.get("global_step", 0)), checkpoint.get(UNLOGGED_ROW))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics.update(_numbers(trainer.callback_metrics, "val/"))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:  # every val/* number of the checkpoint that is tested, not of the last epoch

@@ -14,6 +14,7 @@ from vae_lightning.building import build_from_config, short_run_schedule, stretc
 from vae_lightning.stability import StepGuard, TrainingDiverged, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
+UNLOGGED_ROW = "unlogged_history_row"  # a step checkpoint's own line of history.jsonl
 WHOLE_RUN_KEYS = ("total_steps", "T_max")  # scheduler lengths that "auto" sets to the whole run
 LEGACY_PREFIXES = ("encoder.", "decoder.", "likelihood.")  # checkpoints from before the model split
 
@@ -29,6 +30,7 @@ class TrainingState:
     def init_guard(self, skip_grad_norm: float | None, max_skipped_steps: int) -> None:
         self.guard = StepGuard(skip_grad_norm, max_skipped_steps)
         self._resumed_rng = None
+        self._step_unlogged = False  # between a training step and Lightning's logging of it
 
     def _logging_step(self) -> bool:
         """Whether the loggers record this step. ``self.log`` costs ~2 ms a call in Lightning
@@ -68,12 +70,27 @@ class TrainingState:
         self.trainer.save_checkpoint(path, weights_only=False)
         return f"The weights of the last good step are in {path}; resume with ckpt_path={path}"
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_unlogged = True
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._step_unlogged = False  # after every callback's on_train_batch_end (checkpoints)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_steps"] = self.guard.skipped
         checkpoint["rng_state"] = rng_state()
+        if self._step_unlogged and self._logging_step():
+            # a step checkpoint is written before Lightning logs its step: keep that line
+            trainer = self.trainer
+            values = trainer._logger_connector.metrics["log"]  # what Lightning will log next
+            checkpoint[UNLOGGED_ROW] = {
+                "step": int(trainer.fit_loop.epoch_loop._batches_that_stepped),
+                "epoch": float(trainer.current_epoch),
+                **{key: float(value) for key, value in values.items()},
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the skip count and (for the next epoch) the random state; checkpoints of
+        """Restore the skip count and (when training starts) the random state; checkpoints of
         the flat VAE from before the model/system split name their weights ``encoder.*``
         where they are now ``model.encoder.*``."""
         self.guard.skipped = int(checkpoint.get("skipped_steps", 0))
@@ -86,21 +103,20 @@ class TrainingState:
             }
 
     def on_train_start(self) -> None:
-        """A resumed run with another ``trainer.max_epochs``: the restored whole-run schedule
-        is stretched to the new length (``building.stretch_schedule``)."""
+        """After a resume: the random state of the checkpoint's step, set just before the
+        first training batch (mid-epoch too: Lightning calls no epoch-start hook then), so
+        the run draws what the uninterrupted run drew. A resumed run with another
+        ``trainer.max_epochs``: the restored whole-run schedule is stretched to the new
+        length (``building.stretch_schedule``)."""
+        if self._resumed_rng is not None:
+            set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
         if not any((self.hparams.scheduler or {}).get(key) == "auto" for key in WHOLE_RUN_KEYS):
             return
         total = int(self.trainer.estimated_stepping_batches)
         for config in self.trainer.lr_scheduler_configs:
             if stretch_schedule(config.scheduler, total):
                 log.info("model.scheduler: fitted to the run's %d steps", total)
-
-    def on_train_epoch_start(self) -> None:
-        """After a resume: the random state of the checkpoint, set just before the epoch
-        draws its data order, so the run goes on as if it had not been interrupted."""
-        if self._resumed_rng is not None:
-            set_rng_state(self._resumed_rng)
-            self._resumed_rng = None
 
     def with_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         """What ``configure_optimizers`` returns: the optimizer and ``model.scheduler``, if any,

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vae_lightning.data.device import DeviceBatches, fits_on, on_device_choice, to_device
+from vae_lightning.data.resume import ResumableBatches, SkippingSampler
 from vae_lightning.errors import ConfigError
 
 
@@ -174,6 +175,8 @@ class BatchedImageDataModule(L.LightningDataModule):
         self.on_device = on_device_choice(on_device)
         self.splits: dict[str, BatchIndexedDataset] = {}
         self._device_splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._train_batches: ResumableBatches | None = None
+        self._resume_batches: dict[str, Any] | None = None
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -200,42 +203,65 @@ class BatchedImageDataModule(L.LightningDataModule):
             )
         return self._device_splits[split]
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | DeviceBatches:
+    def _loader(
+        self, split: str, batch_size: int, train: bool
+    ) -> DataLoader | DeviceBatches | ResumableBatches:
         if split not in self.splits:
             raise RuntimeError(f"the {split} split is not set up; call setup() first")
         trainer, dataset = self.trainer, self.splits[split]
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the run's seed (seed_everything)
-        if shuffle:  # a permutation of (seed, epoch) only: Lightning calls set_epoch every epoch
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        if train:  # a permutation of (seed, epoch) only: Lightning calls set_epoch every epoch
+            overfit = trainer is not None and bool(trainer.overfit_batches)  # the same few batches
+            sampler = SkippingSampler(dataset, num_replicas=world, rank=rank, shuffle=not overfit, seed=seed)
         elif world > 1:  # DDP evaluation
             sampler = EvalShard(dataset, batch_size, world, rank)
         else:
             sampler = None
         device = self.data_device()
         if device is not None:
-            return DeviceBatches(*self._device_split(split, device), batch_size, sampler)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            generator=torch.Generator().manual_seed(seed),  # workers' seeds: not from torch's RNG
-            num_workers=self.num_workers,
-            collate_fn=keep_batch,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
+            loader = DeviceBatches(*self._device_split(split, device), batch_size, sampler)
+        else:
+            loader = DataLoader(
+                dataset,
+                batch_size=batch_size,
+                sampler=sampler,
+                generator=torch.Generator().manual_seed(seed),  # workers' seeds: not from torch's RNG
+                num_workers=self.num_workers,
+                collate_fn=keep_batch,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
+        return ResumableBatches(loader, sampler, batch_size) if train else loader
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableBatches:
         """Shuffled every epoch by a sampler seeded from the run's seed and the epoch, so the
-        data order does not depend on torch's global RNG (a resumed run sees the same order)."""
-        return self._loader("train", self.batch_size, shuffle=True)
+        data order does not depend on torch's global RNG; stateful, so that a run resumed
+        from a mid-epoch checkpoint goes on with the batches that were left
+        (``data.resume``). With ``trainer.overfit_batches``: the first batches, unshuffled."""
+        loader = self._loader("train", self.batch_size, train=True)
+        if self._resume_batches is not None:
+            loader.load_state_dict(self._resume_batches)
+            self._resume_batches = None
+        self._train_batches = loader
+        return loader
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training batches are (``ResumableBatches.state_dict``), in every checkpoint.
+        Lightning's fit loop saves the loader's state too, but gives it back only to a loader
+        made after the checkpoint was read, and ``configure_optimizers`` makes it before
+        (``trainer.estimated_stepping_batches``): so the DataModule restores it."""
+        return {} if self._train_batches is None else {"train_batches": self._train_batches.state_dict()}
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A resume: the next training loader starts where the checkpoint's left off."""
+        self._resume_batches = state_dict.get("train_batches")
+
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
+        return self._loader("val", self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
+        return self._loader("test", self.eval_batch_size, train=False)
 
     def preprocess(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         """uint8 ``(B, C, H, W)`` -> float in [0, 1]; when ``train``, dynamic binarisation
