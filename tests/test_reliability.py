@@ -181,23 +181,28 @@ def history_rows(run: Path) -> list[tuple[int, str]]:
     return [(row["step"], key) for row in lines for key in sorted(row) if key not in skip]
 
 
+def resume_overrides(data: Path, tmp_path: Path, batch_size: int, every: int) -> list[str]:
+    """A 2-epoch CPU run with a step checkpoint every ``every`` steps, logging every step."""
+    return [
+        f"paths.data_dir={data}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        "data.val_size=64",
+        f"data.batch_size={batch_size}",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=2",
+        "model.eval_iw_samples=4",
+        f"callbacks.checkpoint.every_n_train_steps={every}",
+        "trainer.log_every_n_steps=1",
+        "logger=csv",
+    ]
+
+
 def test_kill_9_mid_epoch_then_resume_and_finish(tiny_mnist, tmp_path):
     """Killed mid-epoch, after a step checkpoint: the resumed run trains on exactly the
     batches that were left, with the random draws of the uninterrupted run, and ends with
     the same tensors bit for bit (weights, optimizer, EMA, schedule) and the same history."""
     run, whole = tmp_path / "run", tmp_path / "whole"
-    common = [
-        f"paths.data_dir={tiny_mnist}",
-        f"paths.log_dir={tmp_path / 'logs'}",
-        "data.val_size=64",
-        "data.batch_size=8",  # 56 steps per epoch
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=2",
-        "model.eval_iw_samples=4",
-        "callbacks.checkpoint.every_n_train_steps=5",
-        "trainer.log_every_n_steps=1",
-        "logger=csv",
-    ]
+    common = resume_overrides(tiny_mnist, tmp_path, batch_size=8, every=5)  # 56 steps per epoch
     slow = ["+callbacks.slow._target_=hooks.SlowSteps", "+callbacks.slow.seconds=0.05"]
     proc = run_train(*common, f"hydra.run.dir={run}", *slow)
     last = run / "checkpoints" / "last.ckpt"
@@ -242,18 +247,7 @@ def test_killed_between_a_step_checkpoint_and_its_log_line_resumes_with_the_whol
     (it logs after every on_train_batch_end, where checkpoints are written). The resumed run
     does not train that step again, so its line comes from the checkpoint."""
     run, whole = tmp_path / "run", tmp_path / "whole"
-    common = [
-        f"paths.data_dir={tiny_mnist}",
-        f"paths.log_dir={tmp_path / 'logs'}",
-        "data.val_size=64",
-        "data.batch_size=32",  # 14 steps per epoch
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=2",
-        "model.eval_iw_samples=4",
-        "callbacks.checkpoint.every_n_train_steps=4",
-        "trainer.log_every_n_steps=1",
-        "logger=csv",
-    ]
+    common = resume_overrides(tiny_mnist, tmp_path, batch_size=32, every=4)  # 14 steps per epoch
     killed = run_train(
         *common, f"hydra.run.dir={run}", "+logger.kill._target_=hooks.KillAfterSave", "+logger.kill.step=20"
     )
