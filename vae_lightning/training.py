@@ -119,15 +119,16 @@ def instantiate_data(data: DictConfig, likelihood: str) -> Any:
     return instantiate(data)
 
 
-def resume_checkpoint(path: str) -> tuple[str, dict[str, Any]]:
+def resume_checkpoint(path: str) -> tuple[str, int, dict[str, float] | None]:
     """The file to resume from: ``path`` itself, or a run directory's ``checkpoints/last.ckpt``;
-    checked to be a VAE checkpoint (a clear error) before Lightning reads it; and the
-    checkpoint itself."""
+    checked to be a VAE checkpoint (a clear error) before Lightning reads it. Also its global
+    step and the history line it carries (``UNLOGGED_ROW``), not the whole checkpoint: the
+    fit would hold a second copy of the weights."""
     last = Path(path).expanduser() / "checkpoints" / "last.ckpt"
     file = last if last.is_file() else resolve_checkpoint(path)
     checkpoint = read_checkpoint(file)
     check_vae_checkpoint(checkpoint, file)
-    return str(file), checkpoint
+    return str(file), int(checkpoint.get("global_step", 0)), checkpoint.get(UNLOGGED_ROW)
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -168,10 +169,10 @@ def _fit_and_test(cfg, trainer, model, datamodule, fit: bool, ckpt_path: str | N
     if fit:
         resume = None
         if ckpt_path:
-            resume, checkpoint = resume_checkpoint(ckpt_path)
+            resume, step, unlogged = resume_checkpoint(ckpt_path)
             for logger in trainer.loggers:  # the resumed run logs from the checkpoint's step on
                 if isinstance(logger, MetricHistory):
-                    logger.resume_at(int(checkpoint.get("global_step", 0)), checkpoint.get(UNLOGGED_ROW))
+                    logger.resume_at(step, unlogged)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         metrics.update(_numbers(trainer.callback_metrics, "val/"))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -1,6 +1,8 @@
-"""Training batches that resume mid-epoch, through Lightning's stateful-loader protocol:
-the fit loop saves ``state_dict()`` of every train loader in each checkpoint and hands it
-back to ``load_state_dict`` on a resume. The batch order is a function of (seed, epoch)
+"""Training batches that resume mid-epoch, through Lightning's stateful-loader protocol
+(``state_dict`` / ``load_state_dict``). Lightning 2.6 saves that state in its fit loop but
+does not hand it back to a loader built before the checkpoint is read, as ours is; so
+``BatchedImageDataModule`` also keeps it in its own checkpoint entry and gives it to the
+next train loader. The batch order is a function of (seed, epoch)
 alone (``SkippingSampler``), so the state is just how many batches of which epoch
 training has taken: a run resumed from a step checkpoint starts with the first batch it
 had not trained on, and skips the others by index, reading no image.
@@ -77,13 +79,11 @@ class ResumableBatches:
         return {"epoch": self._epoch, "batches": self._taken, **self._layout()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = {key: state.get(key) for key in self._layout()}
-        if saved != self._layout():
-            changed = ", ".join(
-                f"{key} {saved[key]} -> {value}"
-                for key, value in self._layout().items()
-                if saved[key] != value
-            )
+        now = self._layout()
+        changed = ", ".join(
+            f"{key} {state.get(key)} -> {now[key]}" for key in now if state.get(key) != now[key]
+        )
+        if changed:
             log.warning(
                 "resuming with another training batch order (%s): epoch %d goes on after %d batches "
                 "of the new order, so some images of it may be seen twice or not at all",
